@@ -1,0 +1,1 @@
+"""Strata coordinator: the grpc.aio server, round state machine, storage, checkpoints."""

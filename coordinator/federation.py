@@ -1,0 +1,486 @@
+"""One federation at run time: the global model, its versions, and the round loop that advances it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from coordinator import checkpoint, spool
+from coordinator.settings import CoordinatorSettings
+from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
+from coordinator.storage.store import Store, hash_token
+from strata.aggregate import FedAvgAccumulator, apply_delta, l2_norm
+from strata.data import Example, read_examples
+from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from strata.frames import FrameAssembler, encode_tensor, expected_of, file_header, pieces
+from strata.modeling import (
+    evaluate,
+    global_tensors,
+    load_model,
+    load_tensors,
+    read_labels_from_config,
+    save_assets,
+)
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.serde import RoundTask, TrainingConfig, task_to_proto
+from strata.version import model_hash
+
+log = logging.getLogger("strata.coordinator")
+
+
+@dataclass
+class Snapshot:
+    """One version of the global model, encoded once and served to every worker that pulls it."""
+
+    version: int
+    hash: str
+    frames: list[tuple[object, bytes]]
+    payload_bytes: int
+
+
+@dataclass
+class Session:
+    """A joined worker as the coordinator sees it while running."""
+
+    db_id: int
+    uid: str
+    name: str
+    token_hash: str
+    num_samples: int
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class OpenRound:
+    db_id: int
+    number: int
+    base_version: int
+    base_hash: str
+    participants: dict[str, str]  # uid -> name
+    deadline_unix: float
+    accumulator: FedAvgAccumulator = field(default_factory=FedAvgAccumulator)
+    accepted: dict[str, int] = field(default_factory=dict)  # uid -> samples
+    uploading: set[str] = field(default_factory=set)
+    bytes_up: int = 0
+    raw_bytes_up: int = 0
+    bytes_down: int = 0
+    loss_sum: float = 0.0
+    acc_sum: float = 0.0
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+
+def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
+    """Labels from a labels.json path, a comma-separated list, or the model config's id2label."""
+    if spec:
+        p = Path(spec)
+        if p.is_file():
+            labels = json.loads(p.read_text())
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
+                raise ValueError(f"{p}: labels.json must be a list of at least two names")
+            return labels
+        labels = [x.strip() for x in spec.split(",") if x.strip()]
+        if len(labels) < 2:
+            raise ValueError("labels: give at least two class names, or a labels.json file")
+        return labels
+    if model_dir is not None and (found := read_labels_from_config(model_dir)) and len(found) >= 2:
+        return found
+    raise ValueError("labels: none given and the model config has no id2label; set --labels")
+
+
+class FederationRunner:
+    """Owns the global model and the round loop; the gRPC service calls its methods."""
+
+    def __init__(self, settings: CoordinatorSettings, store: Store) -> None:
+        if settings.model is None:
+            raise ValueError("model: a transformers model directory is required (--model)")
+        if not settings.worker_tokens:
+            raise ValueError("worker_tokens: give at least one token workers may join with")
+        self.s = settings
+        self.store = store
+        self.labels = parse_labels(settings.labels, settings.model)
+        self.ckpt_dir = settings.data_dir / "checkpoints" / settings.federation
+        self.spool_dir = settings.data_dir / "spool" / settings.federation
+        self.assets_dir = settings.data_dir / "assets" / settings.federation
+        self.token_hashes = {hash_token(t) for t in settings.worker_tokens}
+        self.sessions: dict[str, Session] = {}
+        self.current: OpenRound | None = None
+        self.done = False
+        self.changed = asyncio.Condition()
+        self.eval_examples: list[Example] = []
+        self.rng = random.Random(settings.seed)
+        self.training = TrainingConfig(
+            local_epochs=settings.local_epochs, max_steps=settings.max_steps, batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
+            max_seq_len=settings.max_seq_len, seed=settings.seed,
+        )
+        self.told_done: set[str] = set()
+
+    # ------------------------------------------------------------------ set-up and resume
+    def setup(self) -> None:
+        """Load the model and either resume the federation's last version or create version 0."""
+        s = self.s
+        self.model, self.tokenizer = load_model(s.model, self.labels, seed=s.seed)  # type: ignore[arg-type]
+        self.assets = save_assets(self.model, self.tokenizer, self.assets_dir)
+        if s.eval_data is not None:
+            self.eval_examples = read_examples(s.eval_data, self.labels)[: s.eval_max_examples]
+        tensors = global_tensors(self.model)
+        fed = self.store.get_or_create_federation(
+            s.federation, model_name=str(s.model), num_labels=len(self.labels), total_rounds=s.rounds,
+            num_parameters=sum(t.numel() for t in tensors.values()), config=self._config_record(),
+        )
+        self.fed_id = fed.id
+        if fed.model_version > 0 or checkpoint.exists(self.ckpt_dir, 0):
+            version = fed.model_version
+            if not checkpoint.exists(self.ckpt_dir, version):
+                raise RuntimeError(f"the database says version {version} but {checkpoint.path_of(self.ckpt_dir, version)} is missing")
+            load_tensors(self.model, checkpoint.load(self.ckpt_dir, version))
+            tensors = global_tensors(self.model)
+            h = model_hash(tensors)
+            if fed.model_hash and h != fed.model_hash:
+                raise RuntimeError(f"checkpoint v{version} does not match the hash recorded in the database")
+            failed = self.store.fail_open_rounds(self.fed_id, "coordinator restarted while the round was open")
+            log.info("resuming federation %s at version %d (%d open round(s) marked failed)", s.federation, version, failed)
+        else:
+            version, h = 0, model_hash(tensors)
+            checkpoint.save(self.ckpt_dir, 0, tensors, h)
+        self.store.update_federation(self.fed_id, model_version=version, model_hash=h, total_rounds=s.rounds,
+                                     state=FederationState.RUNNING.value, error=None)
+        self.snapshot = self._encode(version, h, tensors)
+        self.round_number = self.store.last_round_number(self.fed_id)
+        self.completed = self.store.completed_rounds(self.fed_id)
+        if self.completed >= s.rounds:
+            self.done = True
+
+    def _config_record(self) -> dict[str, object]:
+        keep = ("rounds", "min_workers", "workers_per_round", "min_updates", "round_timeout", "local_epochs", "max_steps",
+                "batch_size", "learning_rate", "weight_decay", "max_seq_len", "encoding", "seed")
+        return {k: getattr(self.s, k) for k in keep} | {"labels": self.labels}
+
+    def _encode(self, version: int, h: str, tensors: dict[str, torch.Tensor]) -> Snapshot:
+        frames = [encode_tensor(name, t) for name, t in sorted(tensors.items())]
+        return Snapshot(version, h, frames, sum(len(p) for _, p in frames))  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ workers
+    def authorise(self, token: str) -> bool:
+        return hash_token(token) in self.token_hashes
+
+    def session(self, uid: str, token: str) -> Session:
+        sess = self.sessions.get(uid)
+        if sess is None:
+            raise NotFound(f"unknown worker id {uid!r}: call Join first")
+        if sess.token_hash != hash_token(token):
+            raise PermissionDenied("this worker id belongs to another token")
+        sess.last_seen = time.monotonic()
+        return sess
+
+    def join(self, req: pb.JoinRequest, token: str) -> pb.JoinReply:
+        name = req.name.strip()
+        if not name or len(name) > 128:
+            raise InvalidInput("name: give a worker name of 1 to 128 characters")
+        if req.num_samples == 0:
+            raise InvalidInput("num_samples: a worker needs at least one training example")
+        try:
+            w = self.store.upsert_worker(self.fed_id, name, token, device=req.device[:64], software_version=req.version[:32],
+                                         num_samples=req.num_samples, num_eval_samples=req.num_eval_samples)
+        except PermissionError as exc:
+            raise PermissionDenied(str(exc)) from None
+        self.sessions[w.uid] = Session(w.id, w.uid, name, w.token_hash, req.num_samples)
+        log.info("worker %s joined (%d samples, %s)", name, req.num_samples, req.device or "?")
+        return pb.JoinReply(worker_id=w.uid, federation=self.s.federation, task_kind="sequence-classification",
+                            num_labels=len(self.labels), labels=self.labels, max_seq_len=self.s.max_seq_len)
+
+    def online(self) -> list[Session]:
+        now = time.monotonic()
+        return [w for w in self.sessions.values() if now - w.last_seen <= self.s.worker_timeout]
+
+    async def get_task(self, sess: Session, wait_seconds: float) -> pb.Task:
+        deadline = time.monotonic() + min(wait_seconds, self.s.task_poll_seconds)
+        async with self.changed:
+            while True:
+                sess.last_seen = time.monotonic()
+                if self.done:
+                    self.told_done.add(sess.uid)
+                    return pb.Task(kind=pb.Task.DONE, total_rounds=self.s.rounds)
+                r = self.current
+                if r is not None and not r.closed and sess.uid in r.participants and sess.uid not in r.accepted:
+                    return task_to_proto(RoundTask(r.number, r.base_version, r.base_hash, r.deadline_unix,
+                                                   self.training, self.s.encoding, self.s.rounds))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return pb.Task(kind=pb.Task.WAIT, total_rounds=self.s.rounds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    # ------------------------------------------------------------------ model download
+    def pull(self, sess: Session, req: pb.PullRequest) -> Iterable[pb.ModelChunk]:
+        snap = self.snapshot  # one consistent version, even if a new one is published meanwhile
+        files = sorted(self.assets.items()) if req.include_assets else []
+        send_tensors = req.have_version != snap.version or req.have_version == 0
+        frames = snap.frames if send_tensors else []
+        yield pb.ModelChunk(header=pb.ModelHeader(version=snap.version, model_hash=snap.hash,
+                                                  num_tensors=len(frames), num_files=len(files)))
+        sent = 0
+        for name, data in files:
+            yield pb.ModelChunk(file=file_header(name, data))
+            for piece in pieces(data):
+                sent += len(piece)
+                yield pb.ModelChunk(data=piece)
+        for header, payload in frames:
+            yield pb.ModelChunk(tensor=header)
+            for piece in pieces(payload):
+                sent += len(piece)
+                yield pb.ModelChunk(data=piece)
+        yield pb.ModelChunk(end=pb.ModelEnd(num_tensors=len(frames), num_files=len(files)))
+        r = self.current
+        if r is not None and not r.closed:
+            r.bytes_down += sent
+
+    # ------------------------------------------------------------------ update upload
+    async def push(self, sess: Session, chunks: AsyncIterator[pb.UpdateChunk]) -> pb.PushReply:
+        """Receive one update; refuse it whole on any problem; accumulate it only once complete."""
+        started = time.monotonic()
+        first = await anext(chunks, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput("an update stream must start with its header")
+        h = first.header
+        if h.worker_id != sess.uid:
+            raise PermissionDenied("the header names another worker")
+        r = self._check_round(sess, h)
+        r.uploading.add(sess.uid)
+        writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
+        try:
+            writer.write(first)
+            delta, received = await self._receive(chunks, writer)
+        except BaseException as exc:
+            writer.abort()
+            r.uploading.discard(sess.uid)
+            reason = str(exc) if isinstance(exc, InvalidInput) else f"stream ended early ({type(exc).__name__})"
+            self.store.record_update(r.db_id, sess.db_id, UpdateStatus.REJECTED, reason, base_version=h.base_version,
+                                     num_samples=h.num_samples)
+            log.warning("update from %s for round %d rejected: %s", sess.name, r.number, reason)
+            raise
+        r.uploading.discard(sess.uid)
+        if r.closed or r is not self.current:
+            writer.abort()
+            self.store.record_update(r.db_id, sess.db_id, UpdateStatus.LATE, "arrived after the round closed",
+                                     base_version=h.base_version, num_samples=h.num_samples, bytes=received)
+            raise FailedPrecondition(f"round {h.round} closed while the update was uploading")
+        writer.commit()
+        raw = sum(t.numel() * 4 for t in delta.values())
+        r.accumulator.accept(delta, h.num_samples)
+        r.accepted[sess.uid] = h.num_samples
+        r.bytes_up += received
+        r.raw_bytes_up += raw
+        r.loss_sum += h.train_loss * h.num_samples
+        r.acc_sum += h.train_accuracy * h.num_samples
+        self.store.record_update(
+            r.db_id, sess.db_id, UpdateStatus.ACCEPTED, base_version=h.base_version, num_samples=h.num_samples,
+            num_tensors=len(delta), bytes=received, raw_bytes=raw, num_steps=h.num_steps, train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy, update_norm=l2_norm(delta), train_seconds=h.train_seconds,
+            upload_seconds=time.monotonic() - started,
+        )
+        if set(r.accepted) >= set(r.participants):
+            r.all_in.set()
+        return pb.PushReply(accepted=True, received_bytes=received, raw_bytes=raw)
+
+    def _check_round(self, sess: Session, h: pb.UpdateHeader) -> OpenRound:
+        r = self.current
+        if r is None or r.closed or h.round != r.number:
+            open_no = "none" if r is None or r.closed else str(r.number)
+            raise FailedPrecondition(f"update for round {h.round}, but the open round is {open_no}")
+        if sess.uid not in r.participants:
+            raise FailedPrecondition(f"worker {sess.name} is not a participant of round {r.number}")
+        if sess.uid in r.accepted:
+            raise FailedPrecondition(f"worker {sess.name} already delivered its update for round {r.number}")
+        if sess.uid in r.uploading:
+            raise FailedPrecondition(f"worker {sess.name} is already uploading an update for round {r.number}")
+        if h.base_version != r.base_version or h.base_hash != r.base_hash:
+            raise FailedPrecondition(
+                f"update computed against version {h.base_version} ({h.base_hash[:12]}), round {r.number} trains "
+                f"version {r.base_version} ({r.base_hash[:12]})")
+        if h.num_samples == 0 or h.num_samples > 10 * max(sess.num_samples, 1):
+            raise InvalidInput(f"num_samples {h.num_samples} is not plausible for a worker that declared {sess.num_samples}")
+        return r
+
+    async def _receive(self, chunks: AsyncIterator[pb.UpdateChunk], writer: spool.SpoolWriter) -> tuple[dict[str, torch.Tensor], int]:
+        expected = expected_of(self.snapshot_tensors)
+        asm = FrameAssembler(expected)
+        delta: dict[str, torch.Tensor] = {}
+        async for chunk in chunks:
+            writer.write(chunk)
+            part = chunk.WhichOneof("part")
+            if part == "tensor":
+                done = asm.tensor(chunk.tensor)
+            elif part == "data":
+                done = asm.data(chunk.data)
+            elif part == "end":
+                asm.finish()
+                if chunk.end.num_tensors != len(delta):
+                    raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(delta)} arrived")
+                missing = set(expected) - set(delta)
+                if missing:
+                    raise InvalidInput(f"update lacks {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
+                return delta, asm.payload_bytes
+            else:
+                raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
+            if done is not None:
+                name, tensor = done
+                delta[name] = tensor  # type: ignore[assignment]
+        raise InvalidInput("the stream ended before the end marker")
+
+    @property
+    def snapshot_tensors(self) -> dict[str, torch.Tensor]:
+        return global_tensors(self.model)
+
+    def report(self, sess: Session, req: pb.MetricsReport) -> None:
+        r = self.current
+        rid = None
+        rid = r.db_id if r is not None and req.round == r.number else self._round_id(req.round)
+        if rid is None:
+            raise FailedPrecondition(f"no round {req.round} in this federation")
+        if not (0.0 <= req.accuracy <= 1.0) or req.loss < 0 or req.loss != req.loss:
+            raise InvalidInput("metrics out of range (accuracy in [0, 1], loss >= 0)")
+        self.store.record_evaluation(rid, sess.db_id, model_version=req.model_version, split=req.split[:32] or "local-test",
+                                     num_samples=req.num_samples, loss=req.loss, accuracy=req.accuracy)
+
+    def _round_id(self, number: int) -> int | None:
+        for r in self.store.rounds(self.fed_id):
+            if r.number == number:
+                return r.id
+        return None
+
+    # ------------------------------------------------------------------ the round loop
+    async def run(self) -> None:
+        """Run rounds until `rounds` have completed, then linger so workers hear DONE."""
+        flusher = asyncio.create_task(self._flush_last_seen())
+        try:
+            failures = 0
+            while not self.done:
+                await self._wait_for_workers()
+                ok = await self._run_round()
+                failures = 0 if ok else failures + 1
+                if failures >= self.s.max_failed_rounds:
+                    msg = f"{failures} consecutive rounds failed to reach their quorum"
+                    self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)
+                    raise RuntimeError(msg)
+            self.store.update_federation(self.fed_id, state=FederationState.COMPLETED.value)
+            await self._notify()
+            log.info("federation %s completed %d rounds", self.s.federation, self.completed)
+            await self._linger()
+        finally:
+            flusher.cancel()
+            self._flush_now()
+
+    async def _wait_for_workers(self) -> None:
+        started = time.monotonic()
+        while len(self.online()) < self.s.min_workers:
+            if self.s.start_timeout and time.monotonic() - started > self.s.start_timeout:
+                msg = f"only {len(self.online())} of {self.s.min_workers} workers joined within {self.s.start_timeout:g}s"
+                self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)
+                raise RuntimeError(msg)
+            await asyncio.sleep(0.2)
+
+    def _choose(self) -> dict[str, str]:
+        online = sorted(self.online(), key=lambda w: w.name)
+        k = self.s.workers_per_round or len(online)
+        chosen = online if k >= len(online) else self.rng.sample(online, k)
+        return {w.uid: w.name for w in chosen}
+
+    async def _run_round(self) -> bool:
+        self.round_number += 1
+        participants = self._choose()
+        snap = self.snapshot
+        deadline = time.time() + self.s.round_timeout
+        db_id = self.store.open_round(self.fed_id, self.round_number, snap.version, snap.hash, sorted(participants.values()),
+                                      self.s.min_updates, dt.datetime.fromtimestamp(deadline, dt.UTC))
+        r = OpenRound(db_id, self.round_number, snap.version, snap.hash, participants, deadline)
+        self.current = r
+        started = time.monotonic()
+        log.info("round %d open: %d participant(s), version %d", r.number, len(participants), snap.version)
+        await self._notify()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(r.all_in.wait(), timeout=max(0.0, deadline - time.time()))
+        r.closed = True
+        await self._notify()
+        quorum = min(self.s.min_updates, len(participants))
+        common = dict(num_updates=len(r.accepted), num_samples=r.accumulator.total_samples, bytes_up=r.bytes_up,
+                      raw_bytes_up=r.raw_bytes_up, bytes_down=r.bytes_down)
+        if len(r.accepted) < quorum:
+            reason = f"{len(r.accepted)} of {len(participants)} updates by the deadline; quorum is {quorum}"
+            self.store.close_round(r.db_id, RoundState.FAILED, error=reason, duration_seconds=time.monotonic() - started, **common)
+            log.warning("round %d failed: %s", r.number, reason)
+            return False
+        self.store.set_round_fields(r.db_id, state=RoundState.AGGREGATING.value)
+        t0 = time.monotonic()
+        new_version, new_hash, norm = await asyncio.to_thread(self._aggregate, r)
+        agg_seconds = time.monotonic() - t0
+        t1 = time.monotonic()
+        test_loss = test_acc = None
+        if self.eval_examples:
+            test_loss, test_acc = await asyncio.to_thread(
+                evaluate, self.model, self.tokenizer, self.eval_examples, self.s.max_seq_len)
+        n = max(r.accumulator.total_samples, 1)
+        self.completed += 1
+        self.store.close_round(
+            r.db_id, RoundState.COMPLETED,
+            federation_fields=dict(model_version=new_version, model_hash=new_hash),
+            result_version=new_version, result_hash=new_hash, train_loss=r.loss_sum / n, train_accuracy=r.acc_sum / n,
+            test_loss=test_loss, test_accuracy=test_acc, update_norm=norm, aggregate_seconds=agg_seconds,
+            eval_seconds=time.monotonic() - t1 if self.eval_examples else None, duration_seconds=time.monotonic() - started,
+            **common,
+        )
+        spool.prune(self.spool_dir, keep_from=r.number - 1)
+        if self.completed >= self.s.rounds:
+            self.done = True
+        acc = f"{test_acc:.4f}" if test_acc is not None else "n/a"
+        log.info("round %d done: %d update(s), version %d, test accuracy %s, %.1fs", r.number, len(r.accepted),
+                 new_version, acc, time.monotonic() - started)
+        return True
+
+    def _aggregate(self, r: OpenRound) -> tuple[int, str, float]:
+        """FedAvg of the accepted deltas, applied to the global model; checkpoint; re-encode the snapshot."""
+        mean = r.accumulator.mean()
+        current = global_tensors(self.model)
+        new = apply_delta(current, mean)
+        load_tensors(self.model, {k: new[k] for k in mean})
+        tensors = global_tensors(self.model)
+        version = r.base_version + 1
+        h = model_hash(tensors)
+        checkpoint.save(self.ckpt_dir, version, tensors, h)
+        self.snapshot = self._encode(version, h, tensors)
+        return version, h, l2_norm(mean)
+
+    async def _linger(self) -> None:
+        if not self.s.exit_when_done:
+            return
+        end = time.monotonic() + self.s.linger_seconds
+        while time.monotonic() < end and not set(self.sessions) <= self.told_done:
+            await asyncio.sleep(0.1)
+
+    async def _flush_last_seen(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        now_m, now = time.monotonic(), utcnow()
+        seen = {w.db_id: now - dt.timedelta(seconds=now_m - w.last_seen) for w in self.sessions.values()}
+        try:
+            self.store.touch_workers(seen)
+        except Exception:  # noqa: BLE001 - a missed heartbeat write must not stop the federation
+            log.exception("could not record worker heartbeats")

@@ -1,0 +1,113 @@
+"""Start the coordinator: grpc.aio server with health checking and reflection, the round loop, and a
+graceful shutdown on SIGTERM/SIGINT (health goes NOT_SERVING, in-flight calls get a grace period)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.auth import AuthInterceptor
+from coordinator.federation import FederationRunner
+from coordinator.service import CoordinatorService
+from coordinator.settings import CoordinatorSettings
+from coordinator.storage.db import migrate
+from coordinator.storage.store import Store
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
+
+log = logging.getLogger("strata.coordinator")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class CoordinatorServer:
+    """The server and the runner together; `start()` binds, `run()` drives rounds, `stop()` shuts down."""
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        migrate(settings.database_url)
+        self.store = Store(settings.database_url)
+        self.runner = FederationRunner(settings, self.store)
+        self.runner.setup()
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.server = grpc.aio.server(interceptors=[AuthInterceptor(self.runner.authorise)], options=CHANNEL_OPTIONS)
+        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self.runner), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self.settings.listen}")
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.port_file is not None:
+            _write_atomic(self.settings.port_file, f"{self.port}\n")
+        log.info("coordinator for federation %s listening on port %d", self.settings.federation, self.port)
+        return self.port
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.grace_seconds)
+        self.store.close()
+
+    async def serve(self) -> None:
+        """Run until the federation is done (if exit_when_done) or a signal arrives."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        rounds = asyncio.create_task(self.runner.run())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({rounds, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if rounds in done:
+                rounds.result()  # re-raise a failure of the federation
+                if not self.settings.exit_when_done:
+                    await stopper
+            else:
+                log.info("signal received: shutting down (grace %.1fs)", self.settings.grace_seconds)
+        finally:
+            for task in (rounds, stopper):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rounds
+            await self.stop()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run(settings: CoordinatorSettings) -> None:
+    async def main() -> None:
+        server = CoordinatorServer(settings)
+        await server.serve()
+
+    asyncio.run(main())

@@ -1,0 +1,60 @@
+"""The Coordinator gRPC service: thin handlers that validate the caller and delegate to the runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from coordinator.auth import bearer_token
+from coordinator.federation import FederationRunner, Session
+from strata.errors import InvalidInput, Unauthenticated
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
+
+
+def _token(context: grpc.aio.ServicerContext) -> str:
+    token = bearer_token(context.invocation_metadata())
+    if token is None:  # the interceptor already refused such calls; this guards direct use
+        raise Unauthenticated("missing worker token")
+    return token
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(self, runner: FederationRunner) -> None:
+        self.runner = runner
+
+    def _session(self, worker_id: str, context: grpc.aio.ServicerContext) -> Session:
+        return self.runner.session(worker_id, _token(context))
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
+        return self.runner.join(request, _token(context))
+
+    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        sess = self._session(request.worker_id, context)
+        return await self.runner.get_task(sess, float(request.wait_seconds or 10))
+
+    async def PullModel(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
+        sess = self._session(request.worker_id, context)
+        for chunk in self.runner.pull(sess, request):
+            yield chunk
+
+    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext) -> pb.PushReply:
+        token = _token(context)
+        # the worker id travels in the header, the first chunk; peek at it to authenticate the session
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput("an update stream must start with its header")
+        sess = self.runner.session(first.header.worker_id, token)
+
+        async def replay() -> AsyncIterator[pb.UpdateChunk]:
+            yield first
+            async for chunk in request_iterator:
+                yield chunk
+
+        return await self.runner.push(sess, replay())
+
+    async def ReportMetrics(self, request: pb.MetricsReport, context: grpc.aio.ServicerContext) -> pb.MetricsAck:
+        sess = self._session(request.worker_id, context)
+        self.runner.report(sess, request)
+        return pb.MetricsAck()

@@ -1,0 +1,1 @@
+"""Strata coordinator storage: table models, engines, migrations and the store."""

@@ -1,0 +1,182 @@
+"""SQLAlchemy 2.0 table models for federations, workers, rounds, updates and evaluations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class FederationState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class RoundState(enum.StrEnum):
+    OPEN = "open"
+    AGGREGATING = "aggregating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class UpdateStatus(enum.StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    LATE = "late"
+
+
+class Federation(Base):
+    __tablename__ = "federations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=FederationState.CREATED.value)
+    task_kind: Mapped[str] = mapped_column(String(64), default="sequence-classification")
+    model_name: Mapped[str] = mapped_column(String(512), default="")
+    num_labels: Mapped[int] = mapped_column(Integer, default=2)
+    total_rounds: Mapped[int] = mapped_column(Integer, default=1)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[int] = mapped_column(Integer, default=0)
+    model_hash: Mapped[str] = mapped_column(String(64), default="")
+    num_parameters: Mapped[int] = mapped_column(BigInteger, default=0)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    workers: Mapped[list[Worker]] = relationship(back_populates="federation", order_by="Worker.id")
+    rounds: Mapped[list[Round]] = relationship(back_populates="federation", order_by="Round.number")
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("federation_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64), default="")
+    software_version: Mapped[str] = mapped_column(String(32), default="")
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_eval_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    joined_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    federation: Mapped[Federation] = relationship(back_populates="workers")
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("federation_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=RoundState.OPEN.value)
+    base_version: Mapped[int] = mapped_column(Integer)
+    base_hash: Mapped[str] = mapped_column(String(64))
+    result_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    participants: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    min_updates: Mapped[int] = mapped_column(Integer, default=1)
+    num_updates: Mapped[int] = mapped_column(Integer, default=0)
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw_bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    update_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deadline_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    aggregate_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    federation: Mapped[Federation] = relationship(back_populates="rounds")
+    updates: Mapped[list[Update]] = relationship(back_populates="round", order_by="Update.id")
+    evaluations: Mapped[list[Evaluation]] = relationship(back_populates="round", order_by="Evaluation.id")
+
+
+class Update(Base):
+    __tablename__ = "updates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[int] = mapped_column(ForeignKey("workers.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    base_version: Mapped[int] = mapped_column(Integer)
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_tensors: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_steps: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    update_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    upload_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    round: Mapped[Round] = relationship(back_populates="updates")
+    worker: Mapped[Worker] = relationship()
+
+
+class Evaluation(Base):
+    """A worker's evaluation of a global model version on its own held-out split."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[int] = mapped_column(ForeignKey("workers.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(32))
+    num_samples: Mapped[int] = mapped_column(BigInteger)
+    loss: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    round: Mapped[Round] = relationship(back_populates="evaluations")
+    worker: Mapped[Worker] = relationship()

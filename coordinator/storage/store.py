@@ -1,0 +1,149 @@
+"""The coordinator's writes to its database: one short transaction per event of a federation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.storage.db import make_engine, session_factory
+from coordinator.storage.models import (
+    Evaluation,
+    Federation,
+    FederationState,
+    Round,
+    RoundState,
+    Update,
+    UpdateStatus,
+    Worker,
+    utcnow,
+)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """Typed operations on the coordinator's tables; every method commits or changes nothing."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # federations
+    def get_or_create_federation(self, name: str, **fields: Any) -> Federation:
+        with self.sessions.begin() as s:
+            fed = s.scalar(select(Federation).where(Federation.name == name))
+            if fed is None:
+                fed = Federation(name=name, **fields)
+                s.add(fed)
+                s.flush()
+            s.expunge(fed)
+            return fed
+
+    def update_federation(self, federation_id: int, **fields: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Federation).where(Federation.id == federation_id).values(updated_at=utcnow(), **fields))
+
+    def federation(self, federation_id: int) -> Federation:
+        with self.sessions() as s:
+            fed = s.get(Federation, federation_id)
+            assert fed is not None
+            return fed
+
+    # workers
+    def upsert_worker(self, federation_id: int, name: str, token: str, **fields: Any) -> Worker:
+        """Register a worker, or refresh it when the same name rejoins with the same token."""
+        with self.sessions.begin() as s:
+            w = s.scalar(select(Worker).where(Worker.federation_id == federation_id, Worker.name == name))
+            if w is None:
+                w = Worker(federation_id=federation_id, name=name, uid=str(uuid.uuid4()), token_hash=hash_token(token), **fields)
+                s.add(w)
+            else:
+                if w.token_hash != hash_token(token):
+                    raise PermissionError(f"worker name {name!r} is registered with another token")
+                for k, v in fields.items():
+                    setattr(w, k, v)
+                w.last_seen = utcnow()
+            s.flush()
+            s.expunge(w)
+            return w
+
+    def touch_workers(self, seen: dict[int, dt.datetime]) -> None:
+        if not seen:
+            return
+        with self.sessions.begin() as s:
+            for wid, when in seen.items():
+                s.execute(update(Worker).where(Worker.id == wid).values(last_seen=when))
+
+    # rounds
+    def open_round(self, federation_id: int, number: int, base_version: int, base_hash: str, participants: list[str],
+                   min_updates: int, deadline_at: dt.datetime) -> int:
+        with self.sessions.begin() as s:
+            r = Round(federation_id=federation_id, number=number, base_version=base_version, base_hash=base_hash,
+                      participants=participants, min_updates=min_updates, deadline_at=deadline_at, state=RoundState.OPEN.value)
+            s.add(r)
+            s.execute(update(Federation).where(Federation.id == federation_id)
+                      .values(current_round=number, state=FederationState.RUNNING.value, updated_at=utcnow()))
+            s.flush()
+            return r.id
+
+    def close_round(self, round_id: int, state: RoundState, federation_fields: dict[str, Any] | None = None, **fields: Any) -> None:
+        """Close a round and, in the same transaction, advance the federation (version, hash)."""
+        with self.sessions.begin() as s:
+            r = s.get(Round, round_id)
+            assert r is not None
+            r.state = state.value
+            r.closed_at = utcnow()
+            for k, v in fields.items():
+                setattr(r, k, v)
+            if federation_fields:
+                s.execute(update(Federation).where(Federation.id == r.federation_id).values(updated_at=utcnow(), **federation_fields))
+
+    def set_round_fields(self, round_id: int, **fields: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Round).where(Round.id == round_id).values(**fields))
+
+    def fail_open_rounds(self, federation_id: int, reason: str) -> int:
+        with self.sessions.begin() as s:
+            res = s.execute(update(Round).where(Round.federation_id == federation_id,
+                                                Round.state.in_([RoundState.OPEN.value, RoundState.AGGREGATING.value]))
+                            .values(state=RoundState.FAILED.value, error=reason, closed_at=utcnow()))
+            return res.rowcount or 0
+
+    def last_round_number(self, federation_id: int) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(Round.number).where(Round.federation_id == federation_id).order_by(Round.number.desc()).limit(1)) or 0
+
+    def completed_rounds(self, federation_id: int) -> int:
+        with self.sessions() as s:
+            rows = s.scalars(select(Round.id).where(Round.federation_id == federation_id, Round.state == RoundState.COMPLETED.value))
+            return len(list(rows))
+
+    def rounds(self, federation_id: int) -> list[Round]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number)))
+
+    # updates and evaluations
+    def record_update(self, round_id: int, worker_id: int, status: UpdateStatus, reason: str | None = None, **fields: Any) -> int:
+        with self.sessions.begin() as s:
+            u = Update(round_id=round_id, worker_id=worker_id, status=status.value, reject_reason=reason, **fields)
+            s.add(u)
+            s.flush()
+            return u.id
+
+    def updates(self, round_id: int) -> list[Update]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)))
+
+    def record_evaluation(self, round_id: int, worker_id: int, **fields: Any) -> None:
+        with self.sessions.begin() as s:
+            s.add(Evaluation(round_id=round_id, worker_id=worker_id, **fields))

@@ -1,0 +1,345 @@
+"""The dashboard's FastAPI app: read-only REST views of federations, rounds and workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Engine, case, event, func, inspect, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.storage.db import make_engine
+from coordinator.storage.models import (
+    Evaluation,
+    Federation,
+    Round,
+    RoundState,
+    Update,
+    UpdateStatus,
+    Worker,
+)
+from dashboard_api.schemas import (
+    ErrorOut,
+    EvaluationOut,
+    FederationStatus,
+    FederationSummary,
+    Health,
+    Page,
+    RoundDetail,
+    RoundOut,
+    UpdateOut,
+    WorkerOut,
+    as_utc,
+)
+from strata import __version__
+
+log = logging.getLogger(__name__)
+
+SCHEMA_MISSING = "database schema missing: run the coordinator or `strata migrate` first"
+NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown federation or round."}}
+UNAVAILABLE = {503: {"model": ErrorOut, "description": "The database is unreachable or has no schema."}}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for one request; it never commits (the dashboard only reads)."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_online_since(request: Request) -> dt.datetime:
+    """Workers whose last_seen is at or after this instant count as online."""
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=request.app.state.online_seconds)
+
+
+OnlineSinceDep = Annotated[dt.datetime, Depends(get_online_since)]
+
+
+def get_federation(
+    name: Annotated[str, Path(description="Federation name.")], session: SessionDep
+) -> Federation:
+    federation = session.scalar(select(Federation).where(Federation.name == name))
+    if federation is None:
+        raise HTTPException(status_code=404, detail=f"federation {name!r} not found")
+    return federation
+
+
+FederationDep = Annotated[Federation, Depends(get_federation)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _build(model: type[M], obj: object, **extra: Any) -> M:
+    """`model` from the attributes of an ORM row that share its field names, plus `extra` fields."""
+    data = {key: getattr(obj, key) for key in model.model_fields if key not in extra}
+    return model.model_validate({**data, **extra})
+
+
+def _db_reason(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    first = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {first[0]}" if first else type(cause).__name__
+
+
+# ---------------------------------------------------------------- routes
+
+router = APIRouter()
+api = APIRouter(prefix="/api/v1", responses=UNAVAILABLE)
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses=UNAVAILABLE,
+    summary="Liveness and database check",
+    tags=["health"],
+)
+def healthz(request: Request) -> Health:
+    """`ok` when the database answers `SELECT 1` and holds the coordinator's schema; 503 otherwise."""
+    engine: Engine = request.app.state.read_engine
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            has_schema = inspect(conn).has_table(Federation.__tablename__)
+    except SQLAlchemyError as exc:
+        raise HTTPException(status_code=503, detail=f"database unreachable: {_db_reason(exc)}") from exc
+    if not has_schema:
+        raise HTTPException(status_code=503, detail=SCHEMA_MISSING)
+    return Health(status="ok")
+
+
+@api.get(
+    "/federations", response_model=list[FederationSummary], summary="List federations", tags=["federations"]
+)
+def list_federations(session: SessionDep) -> list[FederationSummary]:
+    """Every federation, by name."""
+    rows = session.scalars(select(Federation).order_by(Federation.name))
+    return [FederationSummary.model_validate(row) for row in rows]
+
+
+@api.get(
+    "/federations/{name}",
+    response_model=FederationStatus,
+    responses=NOT_FOUND,
+    summary="Federation status",
+    tags=["federations"],
+)
+def get_federation_status(
+    federation: FederationDep, session: SessionDep, online_since: OnlineSinceDep
+) -> FederationStatus:
+    """Status of one federation: model, progress, worker counts and the newest test metrics."""
+    total, online = session.execute(
+        select(
+            func.count(Worker.id),
+            func.coalesce(func.sum(case((Worker.last_seen >= online_since, 1), else_=0)), 0),
+        ).where(Worker.federation_id == federation.id)
+    ).one()
+    last = session.execute(
+        select(Round.test_accuracy, Round.test_loss)
+        .where(
+            Round.federation_id == federation.id,
+            Round.state == RoundState.COMPLETED.value,
+            Round.test_accuracy.is_not(None),
+        )
+        .order_by(Round.number.desc())
+        .limit(1)
+    ).one_or_none()
+    return _build(
+        FederationStatus,
+        federation,
+        workers_total=int(total),
+        workers_online=int(online),
+        last_test_accuracy=last.test_accuracy if last else None,
+        last_test_loss=last.test_loss if last else None,
+        config=federation.config or {},
+    )
+
+
+@api.get(
+    "/federations/{name}/rounds",
+    response_model=Page[RoundOut],
+    responses=NOT_FOUND,
+    summary="List rounds",
+    tags=["rounds"],
+)
+def list_rounds(
+    federation: FederationDep,
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, description="Number of rounds to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500, description="Largest number of rounds to return.")] = 50,
+    state: Annotated[RoundState | None, Query(description="Only rounds in this state.")] = None,
+) -> Page[RoundOut]:
+    """One page of the federation's rounds, by number ascending."""
+    where = [Round.federation_id == federation.id]
+    if state is not None:
+        where.append(Round.state == state.value)
+    total = session.scalar(select(func.count(Round.id)).where(*where)) or 0
+    rows = session.scalars(select(Round).where(*where).order_by(Round.number).offset(offset).limit(limit))
+    return Page[RoundOut](
+        items=[RoundOut.model_validate(row) for row in rows], total=total, offset=offset, limit=limit
+    )
+
+
+@api.get(
+    "/federations/{name}/rounds/{number}",
+    response_model=RoundDetail,
+    responses=NOT_FOUND,
+    summary="Round detail",
+    tags=["rounds"],
+)
+def get_round(
+    federation: FederationDep,
+    session: SessionDep,
+    number: Annotated[int, Path(description="Round number.")],
+) -> RoundDetail:
+    """One round with its metrics, every update received and the workers' evaluations."""
+    rnd = session.scalar(select(Round).where(Round.federation_id == federation.id, Round.number == number))
+    if rnd is None:
+        raise HTTPException(
+            status_code=404, detail=f"round {number} of federation {federation.name!r} not found"
+        )
+    updates = session.execute(
+        select(Update, Worker.name)
+        .join(Worker, Update.worker_id == Worker.id)
+        .where(Update.round_id == rnd.id)
+        .order_by(Update.id)
+    ).all()
+    evaluations = session.execute(
+        select(Evaluation, Worker.name)
+        .join(Worker, Evaluation.worker_id == Worker.id)
+        .where(Evaluation.round_id == rnd.id)
+        .order_by(Evaluation.id)
+    ).all()
+    return _build(
+        RoundDetail,
+        rnd,
+        updates=[_build(UpdateOut, row, worker=name) for row, name in updates],
+        evaluations=[_build(EvaluationOut, row, worker=name) for row, name in evaluations],
+    )
+
+
+@api.get(
+    "/federations/{name}/workers",
+    response_model=list[WorkerOut],
+    responses=NOT_FOUND,
+    summary="List workers",
+    tags=["workers"],
+)
+def list_workers(
+    federation: FederationDep, session: SessionDep, online_since: OnlineSinceDep
+) -> list[WorkerOut]:
+    """The federation's workers, in joining order, with their update counts and upload volume."""
+
+    def count(status: UpdateStatus) -> Any:
+        return func.coalesce(func.sum(case((Update.status == status.value, 1), else_=0)), 0)
+
+    per_worker = (
+        select(
+            Update.worker_id.label("worker_id"),
+            count(UpdateStatus.ACCEPTED).label("accepted"),
+            count(UpdateStatus.REJECTED).label("rejected"),
+            func.coalesce(func.sum(Update.bytes), 0).label("bytes_up"),
+        )
+        .join(Round, Update.round_id == Round.id)
+        .where(Round.federation_id == federation.id)
+        .group_by(Update.worker_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Worker, per_worker.c.accepted, per_worker.c.rejected, per_worker.c.bytes_up)
+        .outerjoin(per_worker, per_worker.c.worker_id == Worker.id)
+        .where(Worker.federation_id == federation.id)
+        .order_by(Worker.id)
+    ).all()
+    joined: Counter[str] = Counter()
+    for participants in session.scalars(
+        select(Round.participants).where(Round.federation_id == federation.id)
+    ):
+        joined.update({str(name) for name in participants or ()})
+    return [
+        _build(
+            WorkerOut,
+            worker,
+            online=as_utc(worker.last_seen) >= online_since,
+            rounds_joined=joined[worker.name],
+            updates_accepted=int(accepted or 0),
+            updates_rejected=int(rejected or 0),
+            bytes_up=int(bytes_up or 0),
+        )
+        for worker, accepted, rejected, bytes_up in rows
+    ]
+
+
+# ---------------------------------------------------------------- app
+
+
+def _read_only(engine: Engine) -> Engine:
+    """The engine for every query: its connections refuse writes (query_only on SQLite, read-only on PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _query_only(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA query_only=ON")
+            cur.close()
+
+        return engine
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(postgresql_readonly=True)
+    return engine
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"database unavailable or schema missing (see /healthz): {_db_reason(exc)}"},
+    )
+
+
+def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
+    """The dashboard API on the coordinator's database at `database_url`; it only ever reads.
+
+    A worker counts as online when its last_seen is within `online_seconds` of now.
+    """
+    engine = make_engine(database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Strata dashboard API",
+        version=__version__,
+        description="Read-only federation status and round metrics of a Strata coordinator.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.read_engine = _read_only(engine)
+    app.state.sessions = sessionmaker(app.state.read_engine, autoflush=False, expire_on_commit=False)
+    app.state.online_seconds = float(online_seconds)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.include_router(router)
+    app.include_router(api)
+    return app

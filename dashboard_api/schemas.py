@@ -1,0 +1,142 @@
+"""Response models of the dashboard API, separate from the table models (routes never return ORM rows)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A timezone-aware UTC datetime; naive values (as SQLite returns them) are taken to be UTC."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+UtcDateTime = Annotated[dt.datetime, AfterValidator(as_utc)]
+"""A datetime that is always serialized timezone-aware, in UTC."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Health(_Out):
+    status: str = Field(description='"ok" when the API and its database answer.')
+
+
+class ErrorOut(_Out):
+    detail: str = Field(description="What went wrong, e.g. which federation or round was not found.")
+
+
+class FederationSummary(_Out):
+    name: str = Field(description="Unique name of the federation.")
+    state: str = Field(description="Federation state: created, running, completed, failed or stopped.")
+    task_kind: str = Field(description="Training task, e.g. sequence-classification.")
+    model_name: str = Field(description="Base model being fine-tuned (hub id or path).")
+    current_round: int = Field(description="Number of the current (or last) round; 0 before the first.")
+    total_rounds: int = Field(description="Number of rounds the federation is configured to run.")
+    model_version: int = Field(description="Version of the current global model (increments per round).")
+    created_at: UtcDateTime = Field(description="When the federation was created (UTC).")
+    updated_at: UtcDateTime = Field(description="When the federation row last changed (UTC).")
+
+
+class FederationStatus(FederationSummary):
+    model_hash: str = Field(description="SHA-256 of the current global model's trained tensors.")
+    num_parameters: int = Field(description="Number of trainable parameters exchanged per round.")
+    num_labels: int = Field(description="Number of classification labels.")
+    workers_online: int = Field(description="Workers seen within the online window (see `online_seconds`).")
+    workers_total: int = Field(description="Workers that ever joined the federation.")
+    last_test_accuracy: float | None = Field(
+        description="Test accuracy of the newest completed round that has one; null if none."
+    )
+    last_test_loss: float | None = Field(
+        description="Test loss of that same round (the newest completed round with a test accuracy)."
+    )
+    config: dict[str, Any] = Field(description="Federation configuration as stored by the coordinator.")
+    error: str | None = Field(description="Why the federation failed, if it did.")
+
+
+class RoundOut(_Out):
+    number: int = Field(description="Round number, starting at 1.")
+    state: str = Field(description="Round state: open, aggregating, completed or failed.")
+    base_version: int = Field(description="Global model version the round trains from.")
+    result_version: int | None = Field(description="Global model version the round produced, once closed.")
+    result_hash: str | None = Field(description="SHA-256 of the produced model's trained tensors.")
+    participants: list[str] = Field(description="Names of the workers that joined the round.")
+    min_updates: int = Field(description="Accepted updates needed before the round can aggregate.")
+    num_updates: int = Field(description="Accepted updates aggregated into the result.")
+    num_samples: int = Field(description="Training samples behind the aggregated updates.")
+    bytes_up: int = Field(description="Compressed bytes uploaded by workers in this round.")
+    bytes_down: int = Field(description="Bytes of model sent down to workers in this round.")
+    raw_bytes_up: int = Field(description="Uncompressed size of the uploaded updates, in bytes.")
+    train_loss: float | None = Field(description="Sample-weighted mean training loss of the updates.")
+    train_accuracy: float | None = Field(description="Sample-weighted mean training accuracy of the updates.")
+    test_loss: float | None = Field(description="Test loss of the round's resulting model.")
+    test_accuracy: float | None = Field(description="Test accuracy of the round's resulting model.")
+    update_norm: float | None = Field(description="L2 norm of the aggregated update.")
+    started_at: UtcDateTime = Field(description="When the round opened (UTC).")
+    deadline_at: UtcDateTime = Field(description="When the round stops accepting updates (UTC).")
+    closed_at: UtcDateTime | None = Field(description="When the round closed (UTC); null while open.")
+    aggregate_seconds: float | None = Field(description="Seconds spent aggregating updates.")
+    eval_seconds: float | None = Field(description="Seconds spent evaluating the resulting model.")
+    duration_seconds: float | None = Field(description="Seconds from opening to closing the round.")
+    error: str | None = Field(description="Why the round failed, if it did.")
+
+
+class UpdateOut(_Out):
+    worker: str = Field(description="Name of the worker that sent the update.")
+    status: str = Field(description="accepted, rejected or late.")
+    reject_reason: str | None = Field(description="Why the update was rejected, if it was.")
+    base_version: int = Field(description="Model version the worker trained from.")
+    num_samples: int = Field(description="Training samples the worker used.")
+    num_tensors: int = Field(description="Number of tensors in the update.")
+    bytes: int = Field(description="Compressed size of the update as uploaded, in bytes.")
+    raw_bytes: int = Field(description="Uncompressed size of the update, in bytes.")
+    num_steps: int = Field(description="Optimizer steps the worker ran.")
+    train_loss: float | None = Field(description="Worker's mean training loss.")
+    train_accuracy: float | None = Field(description="Worker's training accuracy.")
+    update_norm: float | None = Field(description="L2 norm of the worker's update.")
+    train_seconds: float | None = Field(description="Seconds the worker spent training.")
+    upload_seconds: float | None = Field(description="Seconds the upload took.")
+    received_at: UtcDateTime = Field(description="When the coordinator received the update (UTC).")
+
+
+class EvaluationOut(_Out):
+    worker: str = Field(description="Name of the worker that ran the evaluation.")
+    model_version: int = Field(description="Global model version evaluated.")
+    split: str = Field(description="Data split evaluated on, e.g. validation or test.")
+    num_samples: int = Field(description="Samples evaluated.")
+    loss: float = Field(description="Mean loss on the split.")
+    accuracy: float = Field(description="Accuracy on the split.")
+    created_at: UtcDateTime = Field(description="When the evaluation was recorded (UTC).")
+
+
+class RoundDetail(RoundOut):
+    updates: list[UpdateOut] = Field(description="Every update received in the round, in arrival order.")
+    evaluations: list[EvaluationOut] = Field(description="Worker evaluations recorded for the round.")
+
+
+class WorkerOut(_Out):
+    name: str = Field(description="Worker name, unique within the federation.")
+    device: str = Field(description="Device the worker trains on, e.g. cpu or cuda:0.")
+    online: bool = Field(description="Whether the worker was seen within the online window.")
+    num_samples: int = Field(description="Training samples the worker holds.")
+    num_eval_samples: int = Field(description="Held-out evaluation samples the worker holds.")
+    joined_at: UtcDateTime = Field(description="When the worker joined (UTC).")
+    last_seen: UtcDateTime = Field(description="When the worker last contacted the coordinator (UTC).")
+    rounds_joined: int = Field(description="Rounds of this federation that list the worker as a participant.")
+    updates_accepted: int = Field(description="Updates of the worker that were accepted.")
+    updates_rejected: int = Field(description="Updates of the worker that were rejected.")
+    bytes_up: int = Field(description="Compressed bytes the worker uploaded, over all its updates.")
+
+
+class Page(_Out, Generic[T]):
+    items: list[T] = Field(description="The items of this page.")
+    total: int = Field(description="Number of items matching the query, over all pages.")
+    offset: int = Field(description="Index of the first item of this page.")
+    limit: int = Field(description="Largest number of items a page holds.")

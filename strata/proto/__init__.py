@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (see strata/protogen.py)."""

@@ -1,0 +1,1 @@
+"""Generated from protos/strata/v1 by strata.protogen; do not edit."""

@@ -1,0 +1,82 @@
+"""Symmetric conversions between domain types and wire messages (x_to_proto / x_from_proto)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strata.proto.v1 import coordinator_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """What a worker does with its local data in one round."""
+
+    local_epochs: int = 1
+    max_steps: int = 0
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    max_seq_len: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTask:
+    round: int
+    model_version: int
+    model_hash: str
+    deadline_unix: float
+    config: TrainingConfig
+    encoding: str
+    total_rounds: int
+
+
+def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
+    return pb.TrainingConfig(
+        local_epochs=c.local_epochs,
+        max_steps=c.max_steps,
+        batch_size=c.batch_size,
+        learning_rate=c.learning_rate,
+        weight_decay=c.weight_decay,
+        max_seq_len=c.max_seq_len,
+        seed=c.seed,
+    )
+
+
+def training_config_from_proto(m: pb.TrainingConfig) -> TrainingConfig:
+    return TrainingConfig(
+        local_epochs=m.local_epochs,
+        max_steps=m.max_steps,
+        batch_size=m.batch_size,
+        learning_rate=m.learning_rate,
+        weight_decay=m.weight_decay,
+        max_seq_len=m.max_seq_len,
+        seed=m.seed,
+    )
+
+
+def task_to_proto(t: RoundTask) -> pb.Task:
+    return pb.Task(
+        kind=pb.Task.TRAIN,
+        round=t.round,
+        model_version=t.model_version,
+        model_hash=t.model_hash,
+        deadline_unix=t.deadline_unix,
+        config=training_config_to_proto(t.config),
+        encoding=t.encoding,
+        total_rounds=t.total_rounds,
+    )
+
+
+def task_from_proto(m: pb.Task) -> RoundTask:
+    if m.kind != pb.Task.TRAIN:
+        raise ValueError("only TRAIN tasks carry a round task")
+    return RoundTask(
+        round=m.round,
+        model_version=m.model_version,
+        model_hash=m.model_hash,
+        deadline_unix=m.deadline_unix,
+        config=training_config_from_proto(m.config),
+        encoding=m.encoding,
+        total_rounds=m.total_rounds,
+    )

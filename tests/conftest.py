@@ -1,0 +1,54 @@
+"""Shared fixtures: fresh migrated databases on SQLite and PostgreSQL, tiny models, free ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from coordinator.storage.db import migrate, normalize_url
+
+POSTGRES_URL = os.environ.get("STRATA_TEST_POSTGRES_URL", "")
+
+
+def _fresh_postgres_database() -> tuple[str, str]:
+    """Create an empty database on the test server; return (its URL, its name)."""
+    admin = create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    name = f"strata_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    base = normalize_url(POSTGRES_URL).rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def _drop_postgres_database(name: str) -> None:
+    admin = create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A URL of an empty database (no tables), on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'strata.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("STRATA_TEST_POSTGRES_URL is not set")
+    url, name = _fresh_postgres_database()
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A URL of a fresh database migrated to the newest schema, on each backend."""
+    migrate(empty_db_url)
+    return empty_db_url

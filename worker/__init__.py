@@ -1,0 +1,1 @@
+"""Strata worker: joins a federation, trains on local data, sends weight deltas."""

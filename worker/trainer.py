@@ -1,0 +1,77 @@
+"""Local fine-tuning: a short AdamW loop over the worker's own examples, and the delta it produced."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from strata.data import Example
+from strata.modeling import autocast, batches, encode_batch, global_tensors, load_tensors
+from strata.serde import TrainingConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    delta: dict[str, torch.Tensor]
+    num_samples: int
+    num_steps: int
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    config: TrainingConfig,
+    round_number: int,
+    device: str = "cpu",
+    progress: bool = True,
+    label: str = "train",
+) -> TrainResult:
+    """Fine-tune in place from the current weights; return Δ = θ_local − θ_start for every parameter."""
+    if not examples:
+        raise ValueError("no training examples")
+    started = time.monotonic()
+    base = {name: t.detach().to("cpu", torch.float32, copy=True) for name, t in global_tensors(model).items()}
+    model.to(device)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed * 100_003 + round_number)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = steps_per_epoch * config.local_epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    loss_sum, correct, seen, step = 0.0, 0, 0, 0
+    bar = tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
+    while step < total:
+        order = torch.randperm(len(examples), generator=gen).tolist()  # a fresh shuffle each epoch
+        for batch in batches(examples, config.batch_size, order):
+            if step >= total:
+                break
+            enc = {k: v.to(device) for k, v in encode_batch(tokenizer, [e.text for e in batch], config.max_seq_len).items()}
+            labels = torch.tensor([e.label for e in batch], device=device)
+            with autocast(device):
+                out = model(**enc, labels=labels)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            loss_sum += float(out.loss.detach()) * len(batch)
+            correct += int((out.logits.detach().argmax(-1) == labels).sum())
+            seen += len(batch)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    bar.close()
+    model.eval()
+    delta = {name: t.detach().to("cpu", torch.float32) - base[name] for name, t in global_tensors(model).items()}
+    load_tensors(model, base)  # back to exactly the version we were given: the model always holds a global version
+    return TrainResult(delta, len(examples), step, loss_sum / max(seen, 1), correct / max(seen, 1), time.monotonic() - started)
