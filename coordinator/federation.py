@@ -245,10 +245,10 @@ class FederationRunner:
             for piece in pieces(payload):
                 sent += len(piece)
                 yield pb.ModelChunk(data=piece)
-        yield pb.ModelChunk(end=pb.ModelEnd(num_tensors=len(frames), num_files=len(files)))
-        r = self.current
+        r = self.current  # count before the end marker: a client may hang up as soon as it has it
         if r is not None and not r.closed:
             r.bytes_down += sent
+        yield pb.ModelChunk(end=pb.ModelEnd(num_tensors=len(frames), num_files=len(files)))
 
     # ------------------------------------------------------------------ update upload
     async def push(self, sess: Session, chunks: AsyncIterator[pb.UpdateChunk]) -> pb.PushReply:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from strata.frames import ENCODINGS
 from strata.settings import StrataSettings
@@ -31,7 +32,7 @@ class CoordinatorSettings(StrataSettings):
     round_timeout: float = Field(300.0, gt=0, description="Seconds from a round's start to its deadline")
     start_timeout: float = Field(0.0, ge=0, description="Give up if min_workers have not joined after this many seconds (0: wait forever)")
     max_failed_rounds: int = Field(3, ge=1, description="Consecutive failed rounds after which the federation fails")
-    worker_tokens: list[str] = Field(default_factory=list, description="Tokens workers may join with (comma-separated); one per organisation")
+    worker_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Tokens workers may join with (comma-separated); one per organisation")
     local_epochs: int = Field(1, ge=1, description="Local epochs per round")
     max_steps: int = Field(0, ge=0, description="Cap on local optimiser steps per round (0: no cap)")
     batch_size: int = Field(16, ge=1, description="Local training batch size")

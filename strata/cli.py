@@ -1,0 +1,54 @@
+"""The `strata` command. Subcommands are plugged in by the service packages through the
+`strata.commands` entry-point group, so this shared core imports none of the services."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+
+from strata import __version__
+from strata.settings import SettingsError
+
+#: a command module exposes `register(subparsers) -> None`; its parser sets `func(args) -> int`
+Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+ORDER = ("coordinator", "worker", "dashboard", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strata",
+        description="Strata: federated fine-tuning of transformer language models.",
+        epilog="Every setting may also come from an environment variable or a TOML file (--config); see README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"strata {__version__}")
+    parser.add_argument("--log-level", dest="cli_log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    found = {ep.name: ep for ep in entry_points(group="strata.commands")}
+    for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        register: Register = found[name].load()
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.cli_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"strata {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

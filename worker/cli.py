@@ -1,0 +1,33 @@
+"""`strata worker`: run one organisation's worker."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+
+from worker.settings import WorkerSettings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run a worker that trains on local data",
+                       description="Join a federation, train on local data each round, send weight deltas.")
+    WorkerSettings.add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = WorkerSettings.from_args(args)
+    from strata.data import DataError
+    from worker.runner import WorkerError, run
+
+    try:
+        run(settings)
+    except (WorkerError, DataError) as exc:
+        print(f"strata worker: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(f"strata worker: coordinator answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
