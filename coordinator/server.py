@@ -43,14 +43,22 @@ class CoordinatorServer:
         self.store = Store(settings.database_url)
         self.runner = FederationRunner(settings, self.store)
         self.runner.setup()
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.port = 0
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request_stop(self) -> None:
+        """Ask a serving coordinator to shut down gracefully (safe from any thread)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def start(self) -> int:
+        # grpc.aio objects belong to the running event loop: build them here, not in __init__
+        self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[AuthInterceptor(self.runner.authorise)], options=CHANNEL_OPTIONS)
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self.runner), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = 0
-
-    async def start(self) -> int:
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.listen}")
@@ -63,9 +71,7 @@ class CoordinatorServer:
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
-            result = self.health.set(name, status)
-            if asyncio.iscoroutine(result):
-                await result
+            await self.health.set(name, status)
 
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -75,8 +81,8 @@ class CoordinatorServer:
     async def serve(self) -> None:
         """Run until the federation is done (if exit_when_done) or a signal arrives."""
         await self.start()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        loop = self._loop = asyncio.get_running_loop()
+        stop = self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)

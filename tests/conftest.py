@@ -52,3 +52,11 @@ def db_url(empty_db_url: str) -> str:
     """A URL of a fresh database migrated to the newest schema, on each backend."""
     migrate(empty_db_url)
     return empty_db_url
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A one-layer BERT classifier built from a config, with a tokenizer trained on generated text."""
+    from tests.helpers import make_model
+
+    return make_model(tmp_path_factory.mktemp("model"))

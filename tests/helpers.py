@@ -1,0 +1,107 @@
+"""Test helpers: a coordinator served from a background thread, tiny models and worker data sets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from coordinator.server import CoordinatorServer
+from coordinator.settings import CoordinatorSettings
+from strata import synthetic
+from strata.data import write_examples, write_labels
+from strata.modeling import make_tiny_model_dir
+from strata.split import dirichlet_split
+
+TOKENS = ["token-org-1-aaaaaaaa", "token-org-2-bbbbbbbb", "token-org-3-cccccccc"]
+
+
+class ServedCoordinator:
+    """A real CoordinatorServer on 127.0.0.1:0, its event loop in a thread; `join()` waits for it to end."""
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.server = CoordinatorServer(settings)
+        self.error: BaseException | None = None
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self._started.wait(60):
+            raise RuntimeError("coordinator did not start")
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        async def main() -> None:
+            orig_start = self.server.start
+
+            async def start() -> int:
+                port = await orig_start()
+                self._started.set()
+                return port
+
+            self.server.start = start  # type: ignore[method-assign]
+            await self.server.serve()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test
+            self.error = exc
+            self._started.set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        self.server.request_stop()
+        self.thread.join(30)
+
+    def wait(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.stop()
+            raise TimeoutError("the federation did not finish in time")
+        if self.error is not None:
+            raise self.error
+
+
+def coordinator_settings(tmp_path: Path, db_url: str, model_dir: Path, **overrides: Any) -> CoordinatorSettings:
+    values: dict[str, Any] = dict(
+        federation="test", listen="127.0.0.1:0", database_url=db_url, data_dir=tmp_path / "coord", model=model_dir,
+        labels=",".join(synthetic.LABELS), rounds=2, min_workers=3, min_updates=3, round_timeout=60,
+        worker_tokens=TOKENS, batch_size=16, learning_rate=1e-3, max_seq_len=32, max_steps=4,
+        linger_seconds=2.0, grace_seconds=1.0, task_poll_seconds=2.0,
+    )
+    values.update(overrides)
+    return CoordinatorSettings.load(values)
+
+
+def make_model(path: Path) -> Path:
+    train, _ = synthetic.generate_splits(400, 10, seed=1)
+    return make_tiny_model_dir(path, [e.text for e in train], synthetic.LABELS, seed=0, hidden_size=32,
+                               num_layers=1, num_heads=2, vocab_size=600, max_len=32)
+
+
+def make_worker_data(root: Path, num_workers: int, per_worker: int = 60, seed: int = 0) -> list[Path]:
+    train, _ = synthetic.generate_splits(per_worker * num_workers, 10, seed=seed)
+    shards = dirichlet_split([e.label for e in train], num_workers, alpha=0.5, seed=seed, min_size=10)
+    dirs = []
+    for k, shard in enumerate(shards):
+        d = root / f"org-{k + 1}"
+        examples = [train[i] for i in shard]
+        write_examples(d / "train.jsonl", examples[:-4])
+        write_examples(d / "test.jsonl", examples[-4:])
+        write_labels(d, synthetic.LABELS)
+        dirs.append(d)
+    return dirs
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")

@@ -1,0 +1,123 @@
+"""A real federation: coordinator on 127.0.0.1:0, three workers over gRPC, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from coordinator import checkpoint
+from coordinator.storage.models import Federation, Round, Update
+from coordinator.storage.store import Store
+from dashboard_api.app import create_app
+from sqlalchemy import select
+from strata.serde import RoundTask
+from strata.version import model_hash
+from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data
+from worker.runner import Worker
+from worker.settings import WorkerSettings
+from worker.trainer import TrainResult
+
+
+def run_workers(address: str, data_dirs: list[Path], tmp_path: Path) -> dict[str, list[tuple[RoundTask, TrainResult]]]:
+    """Run one in-process Worker per data folder until DONE; return what each one sent, per round."""
+    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {}
+    errors: list[BaseException] = []
+
+    def run(k: int, d: Path) -> None:
+        name = f"org-{k + 1}"
+        sent[name] = []
+        s = WorkerSettings.load(dict(coordinator=address, token=TOKENS[k], name=name, data=d, cache_dir=tmp_path / name,
+                                     device="cpu", progress=False, poll_seconds=2, connect_timeout=30))
+        w = Worker(s, on_update=lambda task, result: sent[name].append((task, result)))
+        try:
+            w.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            w.close()
+
+    threads = [threading.Thread(target=run, args=(k, d)) for k, d in enumerate(data_dirs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    if errors:
+        raise errors[0]
+    return sent
+
+
+def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(tmp_path: Path, db_url: str, tiny_model: Path) -> None:
+    settings = coordinator_settings(tmp_path, db_url, tiny_model, rounds=2)
+    coord = ServedCoordinator(settings)
+    sent = run_workers(coord.address, make_worker_data(tmp_path / "data", 3), tmp_path)
+    coord.wait()
+
+    ckpt = settings.data_dir / "checkpoints" / "test"
+    versions = [checkpoint.load(ckpt, v) for v in range(3)]
+    for rnd in (1, 2):
+        base, new = versions[rnd - 1], versions[rnd]
+        updates = [next(res for task, res in sent[name] if task.round == rnd) for name in sorted(sent)]
+        total = sum(u.num_samples for u in updates)
+        for name in base:
+            mean = sum(u.delta[name].double() * u.num_samples for u in updates) / total
+            expected = base[name].double() + mean
+            torch.testing.assert_close(new[name].double(), expected, atol=2e-6, rtol=0)
+        assert any(not torch.equal(base[n], new[n]) for n in base), "the model did not move"
+
+    store = Store(db_url)
+    with store.sessions() as s:
+        fed = s.scalar(select(Federation).where(Federation.name == "test"))
+        assert fed is not None
+        assert (fed.state, fed.model_version, fed.current_round) == ("completed", 2, 2)
+        assert fed.model_hash == model_hash(versions[2])
+        rounds = list(s.scalars(select(Round).where(Round.federation_id == fed.id).order_by(Round.number)))
+        assert [(r.number, r.state, r.base_version, r.result_version, r.num_updates) for r in rounds] == [
+            (1, "completed", 0, 1, 3), (2, "completed", 1, 2, 3)]
+        assert rounds[1].base_hash == model_hash(versions[1])
+        for r in rounds:
+            ups = list(s.scalars(select(Update).where(Update.round_id == r.id)))
+            assert sorted(u.status for u in ups) == ["accepted"] * 3
+            by_worker = {u.worker.name: u for u in ups}
+            for name, items in sent.items():
+                res = next(res for task, res in items if task.round == r.number)
+                assert by_worker[name].num_samples == res.num_samples
+                assert by_worker[name].num_steps == res.num_steps
+            assert r.num_samples == sum(u.num_samples for u in ups)
+            assert r.bytes_up == sum(u.bytes for u in ups) > 0
+            assert r.bytes_down > 0
+            assert len(r.evaluations) == 3  # every worker evaluated the version it pulled
+    store.close()
+
+    api = TestClient(create_app(db_url))
+    status = api.get("/api/v1/federations/test").json()
+    assert (status["state"], status["current_round"], status["model_version"], status["workers_total"]) == ("completed", 2, 2, 3)
+    page = api.get("/api/v1/federations/test/rounds").json()
+    assert [r["state"] for r in page["items"]] == ["completed", "completed"]
+    detail = api.get("/api/v1/federations/test/rounds/2").json()
+    assert sorted(u["worker"] for u in detail["updates"]) == ["org-1", "org-2", "org-3"]
+    workers = api.get("/api/v1/federations/test/workers").json()
+    assert all(w["updates_accepted"] == 2 for w in workers)
+
+
+@pytest.mark.parametrize("eval_data", [True])
+def test_coordinator_evaluates_each_version_on_its_held_out_set(tmp_path: Path, tiny_model: Path, eval_data: bool) -> None:
+    from strata import synthetic
+    from strata.data import write_examples
+
+    _, test = synthetic.generate_splits(10, 40, seed=5)
+    write_examples(tmp_path / "test.jsonl", test)
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    settings = coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=2,
+                                    eval_data=tmp_path / "test.jsonl")
+    coord = ServedCoordinator(settings)
+    run_workers(coord.address, make_worker_data(tmp_path / "data", 2), tmp_path)
+    coord.wait()
+    store = Store(db)
+    (r,) = store.rounds(1)
+    assert r.test_accuracy is not None and 0.0 <= r.test_accuracy <= 1.0
+    assert r.test_loss is not None and r.test_loss > 0
+    store.close()
