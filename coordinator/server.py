@@ -49,8 +49,9 @@ class CoordinatorServer:
 
     def request_stop(self) -> None:
         """Ask a serving coordinator to shut down gracefully (safe from any thread)."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may close between the check and the call
+                self._loop.call_soon_threadsafe(self._stop.set)
 
     async def start(self) -> int:
         # grpc.aio objects belong to the running event loop: build them here, not in __init__

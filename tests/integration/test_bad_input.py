@@ -1,0 +1,222 @@
+"""What bad or hostile calls get: precise status codes, nothing stored, rounds that keep going."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from coordinator.storage.store import Store
+from strata import synthetic
+from strata.modeling import global_tensors, load_model
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from strata.serde import task_from_proto
+from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, wait_until
+from worker.runner import update_chunks
+from worker.trainer import TrainResult
+
+
+def auth(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Client:
+    """A hand-driven worker: raw stub calls, so a test can send anything."""
+
+    def __init__(self, address: str, token: str, name: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+        self.md = auth(token)
+        self.id = self.stub.Join(pb.JoinRequest(name=name, num_samples=10), metadata=self.md).worker_id
+
+    def task(self) -> pb.Task:
+        for _ in range(20):
+            t = self.stub.GetTask(pb.TaskRequest(worker_id=self.id, wait_seconds=2), metadata=self.md)
+            if t.kind == pb.Task.TRAIN:
+                return t
+        raise TimeoutError("no task")
+
+    def push(self, chunks: Iterator[pb.UpdateChunk]) -> pb.PushReply:
+        return self.stub.PushUpdate(chunks, metadata=self.md, timeout=30)
+
+
+@pytest.fixture
+def zero_delta(tiny_model: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model(tiny_model, synthetic.LABELS)
+    return {n: torch.zeros_like(t) for n, t in global_tensors(model).items()}
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[ServedCoordinator, str]]:
+    db = f"sqlite:///{tmp_path / 'bad.db'}"
+    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=1, min_updates=1,
+                                                   round_timeout=60))
+    yield coord, db
+    coord.stop()
+
+
+def result(delta: dict[str, torch.Tensor], n: int = 10) -> TrainResult:
+    return TrainResult(delta, n, 1, 0.5, 0.5, 0.1)
+
+
+def test_missing_or_unknown_token_is_unauthenticated_and_health_and_reflection_are_open(served) -> None:  # type: ignore[no-untyped-def]
+    coord, _ = served
+    with grpc.insecure_channel(coord.address) as ch:
+        stub = pb_grpc.CoordinatorStub(ch)
+        for md in [(), auth("not-a-token-at-all")]:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Join(pb.JoinRequest(name="x", num_samples=1), metadata=md)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.PullModel(pb.PullRequest(worker_id="x"), metadata=auth("nope-nope-nope")))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="strata.v1.Coordinator"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        (reply,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert "strata.v1.Coordinator" in names
+
+
+def test_a_token_cannot_act_for_another_workers_id(served) -> None:  # type: ignore[no-untyped-def]
+    coord, _ = served
+    a = Client(coord.address, TOKENS[0], "org-a")
+    with pytest.raises(grpc.RpcError) as err:
+        a.stub.GetTask(pb.TaskRequest(worker_id=a.id, wait_seconds=1), metadata=auth(TOKENS[1]))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as err:
+        a.stub.Join(pb.JoinRequest(name="org-a", num_samples=5), metadata=auth(TOKENS[1]))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_wrong_round_or_base_is_refused_without_changing_anything_then_a_good_update_lands(served, zero_delta) -> None:  # type: ignore[no-untyped-def]
+    coord, db = served
+    c = Client(coord.address, TOKENS[0], "org-a")
+    task = task_from_proto(c.task())
+    wrong_round = task.__class__(**{**{f: getattr(task, f) for f in task.__slots__}, "round": task.round + 5})
+    wrong_base = task.__class__(**{**{f: getattr(task, f) for f in task.__slots__}, "model_hash": "0" * 64})
+    for bad in (wrong_round, wrong_base):
+        with pytest.raises(grpc.RpcError) as err:
+            c.push(update_chunks(c.id, bad, result(zero_delta)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    store = Store(db)
+    (r,) = store.rounds(1)
+    assert r.state == "open" and store.updates(r.id) == []
+
+    # a corrupt frame: flip a payload byte of the first tensor, so its CRC no longer matches
+    def corrupt() -> Iterator[pb.UpdateChunk]:
+        flipped = False
+        for ch in update_chunks(c.id, task, result(zero_delta)):
+            if ch.WhichOneof("part") == "data" and not flipped:
+                data = bytearray(ch.data)
+                data[len(data) // 2] ^= 0xFF
+                ch = pb.UpdateChunk(data=bytes(data))
+                flipped = True
+            yield ch
+
+    with pytest.raises(grpc.RpcError) as err:
+        c.push(corrupt())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "checksum" in (err.value.details() or "") or "corrupt" in (err.value.details() or "")
+    (rejected,) = store.updates(r.id)
+    assert rejected.status == "rejected" and rejected.reject_reason
+
+    # NaN in a tensor is refused and named
+    nan_delta = dict(zero_delta)
+    first = sorted(nan_delta)[0]
+    nan_delta[first] = torch.full_like(nan_delta[first], float("nan"))
+    with pytest.raises(grpc.RpcError) as err:
+        c.push(update_chunks(c.id, task, result(nan_delta)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and first in (err.value.details() or "")
+
+    # an update that lacks tensors is refused
+    partial = {first: zero_delta[first]}
+    with pytest.raises(grpc.RpcError) as err:
+        c.push(update_chunks(c.id, task, result(partial)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # the round is still open and takes a good update; a second one is a duplicate
+    delta = {n: torch.full_like(t, 0.01) for n, t in zero_delta.items()}
+    reply = c.push(update_chunks(c.id, task, result(delta)))
+    assert reply.accepted
+    coord.wait(60)
+    (r,) = store.rounds(1)
+    assert r.state == "completed" and r.num_updates == 1
+    statuses = sorted(u.status for u in store.updates(r.id))
+    assert statuses == ["accepted", "rejected", "rejected", "rejected"]
+    store.close()
+
+
+def test_a_stream_cut_off_midway_is_discarded_whole(served, zero_delta) -> None:  # type: ignore[no-untyped-def]
+    coord, db = served
+    c = Client(coord.address, TOKENS[0], "org-a")
+    task = task_from_proto(c.task())
+
+    class Cut(Exception):
+        pass
+
+    def cut() -> Iterator[pb.UpdateChunk]:
+        for i, ch in enumerate(update_chunks(c.id, task, result(zero_delta))):
+            if i == 6:
+                raise Cut
+            yield ch
+
+    with pytest.raises((grpc.RpcError, Cut)):
+        c.push(cut())
+    store = Store(db)
+    (r,) = store.rounds(1)
+    wait_until(lambda: len(store.updates(r.id)) == 1)
+    (u,) = store.updates(r.id)
+    assert u.status == "rejected"
+    assert r.state == "open"
+    assert not any(p.name.endswith(".update") for p in (coord.server.settings.data_dir / "spool").rglob("*"))
+    reply = c.push(update_chunks(c.id, task, result(zero_delta)))
+    assert reply.accepted
+    coord.wait(60)
+    store.close()
+
+
+def test_a_vanished_worker_does_not_stall_the_round_past_its_deadline(tmp_path: Path, tiny_model: Path, zero_delta) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'v.db'}"
+    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=1,
+                                                   round_timeout=3))
+    try:
+        present = Client(coord.address, TOKENS[0], "present")
+        vanished = Client(coord.address, TOKENS[1], "vanished")
+        t0 = time.monotonic()
+        vanished.task()  # takes the task, then never answers
+        task = task_from_proto(present.task())
+        assert present.push(update_chunks(present.id, task, result(zero_delta))).accepted
+        coord.wait(30)
+        assert time.monotonic() - t0 < 15
+        store = Store(db)
+        (r,) = store.rounds(1)
+        assert (r.state, r.num_updates, sorted(r.participants)) == ("completed", 1, ["present", "vanished"])
+        store.close()
+    finally:
+        coord.stop()
+
+
+def test_a_round_below_its_quorum_fails_visibly(tmp_path: Path, tiny_model: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'q.db'}"
+    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=1, min_updates=1,
+                                                   round_timeout=1, max_failed_rounds=2))
+    try:
+        c = Client(coord.address, TOKENS[0], "silent")
+        c.task()
+        coord.thread.join(30)
+        assert isinstance(coord.error, RuntimeError)
+        store = Store(db)
+        rounds = store.rounds(1)
+        assert [r.state for r in rounds] == ["failed", "failed"] and "quorum" in (rounds[0].error or "")
+        assert store.federation(1).state == "failed"
+        store.close()
+    finally:
+        coord.stop()
