@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from coordinator import checkpoint
 from coordinator.storage.models import Federation, Round, Update
 from coordinator.storage.store import Store
 from dashboard_api.app import create_app
-from sqlalchemy import select
 from strata.serde import RoundTask
 from strata.version import model_hash
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data

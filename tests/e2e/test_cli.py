@@ -1,0 +1,57 @@
+"""The `strata` command as a user runs it: help, bad settings, and a whole demo federation."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STRATA = [sys.executable, "-m", "strata.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STRATA, *args], capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}))
+
+
+@pytest.mark.parametrize("command", ["coordinator", "worker", "dashboard", "demo"])
+def test_every_subcommand_has_help(command: str) -> None:
+    res = run(command, "--help")
+    assert res.returncode == 0, res.stderr
+    assert f"usage: strata {command}" in res.stdout
+    if command != "demo":
+        assert "--config" in res.stdout and "STRATA_" in res.stdout
+
+
+def test_bad_setting_gets_a_clear_message_and_exit_2() -> None:
+    res = run("coordinator", "--rounds", "0")
+    assert res.returncode == 2
+    assert "rounds" in res.stderr and "STRATA_COORDINATOR_ROUNDS" in res.stderr
+
+
+def test_bad_env_setting_is_reported_with_its_name() -> None:
+    res = run("dashboard", env={"STRATA_DASHBOARD_PORT": "notaport"})
+    assert res.returncode == 2 and "STRATA_DASHBOARD_PORT" in res.stderr
+
+
+def test_coordinator_without_model_fails_cleanly(tmp_path: Path) -> None:
+    res = run("coordinator", "--database-url", f"sqlite:///{tmp_path}/x.db", "--data-dir", str(tmp_path),
+              "--worker-tokens", "abcdefgh12")
+    assert res.returncode == 1 and "model" in res.stderr
+
+
+@pytest.mark.e2e
+def test_demo_runs_a_federation_and_prints_the_table(tmp_path: Path) -> None:
+    res = run("demo", "--workers", "2", "--rounds", "2", "--train-examples", "400", "--test-examples", "100",
+              "--workdir", str(tmp_path / "demo"), timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert re.search(r"^round 1/2 +test acc 0\.\d{4}", out, re.M), out
+    assert re.search(r"^round 2/2 +test acc", out, re.M), out
+    table = [line for line in out.splitlines() if re.match(r"^\| \d+ \| completed \|", line)]
+    assert len(table) == 2, out
+    assert "2 of 2 rounds completed" in out
+    assert (tmp_path / "demo" / "strata.db").is_file()

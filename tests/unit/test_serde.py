@@ -1,0 +1,75 @@
+"""Unit tests for strata.serde: domain types <-> wire messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.serde import (
+    RoundTask,
+    TrainingConfig,
+    task_from_proto,
+    task_to_proto,
+    training_config_from_proto,
+    training_config_to_proto,
+)
+
+CONFIGS = [
+    TrainingConfig(),
+    TrainingConfig(local_epochs=3, max_steps=100, batch_size=8, learning_rate=1e-5, weight_decay=0.01, max_seq_len=512, seed=42),
+    TrainingConfig(local_epochs=1, max_steps=0, batch_size=1, learning_rate=0.1234567891234, weight_decay=0.0, max_seq_len=8, seed=2**63),
+    TrainingConfig(local_epochs=2**32 - 1, max_steps=2**32 - 1, batch_size=2**32 - 1, max_seq_len=8192, seed=2**64 - 1),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_training_config_round_trip(config: TrainingConfig) -> None:
+    message = training_config_to_proto(config)
+    assert isinstance(message, pb.TrainingConfig)
+    assert training_config_from_proto(message) == config
+    # and through the wire bytes
+    wire = pb.TrainingConfig.FromString(message.SerializeToString())
+    assert training_config_from_proto(wire) == config
+
+
+def test_training_config_fields_all_travel() -> None:
+    config = CONFIGS[1]
+    message = training_config_to_proto(config)
+    for field in dataclasses.fields(TrainingConfig):
+        assert getattr(message, field.name) == getattr(config, field.name), field.name
+
+
+def test_training_config_refuses_negative_values() -> None:
+    with pytest.raises(ValueError):
+        training_config_to_proto(TrainingConfig(seed=-1))
+
+
+TASKS = [
+    RoundTask(round=1, model_version=0, model_hash="0" * 64, deadline_unix=1_700_000_000.25, config=TrainingConfig(), encoding="fp32", total_rounds=5),
+    RoundTask(round=7, model_version=12, model_hash="ab" * 32, deadline_unix=0.0, config=CONFIGS[1], encoding="fp32", total_rounds=7),
+    RoundTask(round=2**32 - 1, model_version=2**64 - 1, model_hash="", deadline_unix=1e12 + 0.5, config=CONFIGS[2], encoding="", total_rounds=1),
+]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: f"round{t.round}")
+def test_round_task_round_trip(task: RoundTask) -> None:
+    message = task_to_proto(task)
+    assert message.kind == pb.Task.TRAIN
+    assert task_from_proto(message) == task
+    wire = pb.Task.FromString(message.SerializeToString())
+    assert task_from_proto(wire) == task
+
+
+@pytest.mark.parametrize("kind", [pb.Task.KIND_UNSPECIFIED, pb.Task.WAIT, pb.Task.DONE], ids=["unspecified", "wait", "done"])
+def test_task_from_proto_refuses_non_train(kind: int) -> None:
+    message = task_to_proto(TASKS[0])
+    message.kind = kind  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="TRAIN"):
+        task_from_proto(message)
+
+
+def test_task_from_proto_refuses_empty_message() -> None:
+    with pytest.raises(ValueError, match="TRAIN"):
+        task_from_proto(pb.Task())
