@@ -55,3 +55,26 @@ def test_demo_runs_a_federation_and_prints_the_table(tmp_path: Path) -> None:
     assert len(table) == 2, out
     assert "2 of 2 rounds completed" in out
     assert (tmp_path / "demo" / "strata.db").is_file()
+
+
+def test_coordinator_shuts_down_gracefully_on_sigterm(tmp_path: Path, tiny_model: Path) -> None:
+    import signal
+    import time
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([*STRATA, "coordinator", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+                             "--database-url", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(tmp_path / "d"),
+                             "--model", str(tiny_model), "--labels", "a,b,c,d", "--worker-tokens", "abcdefgh12"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert port_file.is_file(), proc.communicate(timeout=5)[0]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "shutting down" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

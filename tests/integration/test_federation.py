@@ -121,3 +121,24 @@ def test_coordinator_evaluates_each_version_on_its_held_out_set(tmp_path: Path, 
     assert r.test_accuracy is not None and 0.0 <= r.test_accuracy <= 1.0
     assert r.test_loss is not None and r.test_loss > 0
     store.close()
+
+
+def test_a_restarted_coordinator_resumes_from_its_last_version(tmp_path: Path, tiny_model: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    data = make_worker_data(tmp_path / "data", 2)
+    first = coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=2)
+    coord = ServedCoordinator(first)
+    run_workers(coord.address, data, tmp_path)
+    coord.wait()
+    v1 = checkpoint.load(first.data_dir / "checkpoints" / "test", 1)
+
+    again = coordinator_settings(tmp_path, db, tiny_model, rounds=2, min_workers=2, min_updates=2)
+    coord = ServedCoordinator(again)
+    assert coord.server.runner.snapshot.version == 1
+    assert coord.server.runner.snapshot.hash == model_hash(v1)
+    run_workers(coord.address, data, tmp_path)
+    coord.wait()
+    store = Store(db)
+    assert [(r.number, r.base_version, r.result_version) for r in store.rounds(1)] == [(1, 0, 1), (2, 1, 2)]
+    assert store.federation(1).model_version == 2
+    store.close()
