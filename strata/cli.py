@@ -14,7 +14,7 @@ from strata.settings import SettingsError
 
 #: a command module exposes `register(subparsers) -> None`; its parser sets `func(args) -> int`
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
-ORDER = ("coordinator", "worker", "dashboard", "demo")
+ORDER = ("coordinator", "migrate", "worker", "dashboard", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=args.cli_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:

@@ -51,7 +51,9 @@ def test_weighted_mean_matches_numpy(counts: list[int]) -> None:
     assert set(got) == set(SHAPES)
     total = sum(counts)
     for name, shape in SHAPES.items():
-        want = sum(n * d[name].numpy().astype(np.float64) for d, n in zip(deltas, counts, strict=True)) / total
+        want = (
+            sum(n * d[name].numpy().astype(np.float64) for d, n in zip(deltas, counts, strict=True)) / total
+        )
         assert got[name].dtype == torch.float32
         assert tuple(got[name].shape) == shape
         np.testing.assert_allclose(got[name].numpy(), want, rtol=1e-6, atol=1e-6)
@@ -81,7 +83,9 @@ def test_weighted_mean_refuses_an_update_without_samples() -> None:
         ([{"a": torch.zeros(2)}], [-1], "non-negative"),
     ],
 )
-def test_weighted_mean_errors(deltas: list[dict[str, torch.Tensor]], counts: list[int], fragment: str) -> None:
+def test_weighted_mean_errors(
+    deltas: list[dict[str, torch.Tensor]], counts: list[int], fragment: str
+) -> None:
     with pytest.raises(ValueError, match=fragment):
         weighted_mean(deltas, counts)
 

@@ -194,7 +194,9 @@ def test_assembler_refuses_file_name_with_trailing_newline() -> None:
         FrameAssembler().file(file_header("config.json\n", b"{}"))
 
 
-@pytest.mark.parametrize("good_name", ["config.json", "vocab.txt", "tokenizer_config.json", "a-b_c.1.model", "a..b"])
+@pytest.mark.parametrize(
+    "good_name", ["config.json", "vocab.txt", "tokenizer_config.json", "a-b_c.1.model", "a..b"]
+)
 def test_assembler_accepts_plain_file_names(good_name: str) -> None:
     asm = FrameAssembler()
     assert asm.file(file_header(good_name, b"")) == (good_name, b"")
@@ -365,7 +367,9 @@ def test_dtype_mismatch_vs_expected(sent: torch.dtype, model: torch.dtype) -> No
 
 def test_unknown_tensor_name() -> None:
     header, payload = encode_tensor("classifier.bias.extra", torch.randn(2))
-    msg = _rejects(decode_tensor, header, payload, expected_of({NAME: torch.zeros(2)}), name="classifier.bias.extra")
+    msg = _rejects(
+        decode_tensor, header, payload, expected_of({NAME: torch.zeros(2)}), name="classifier.bias.extra"
+    )
     assert "no such tensor" in msg
 
 
@@ -498,7 +502,7 @@ def test_fuzz_random_payload_decodes_or_is_invalid_input() -> None:
 
     zstd_prefix = st.sampled_from([b"", b"\x28\xb5\x2f\xfd", _fp32_payload([1.0, 2.0])[:6]])
 
-    @hypothesis.settings(max_examples=150, deadline=None, database=None)
+    @hypothesis.settings(max_examples=60, deadline=None, database=None)
     @hypothesis.given(
         prefix=zstd_prefix,
         body=st.binary(max_size=64),
@@ -523,7 +527,7 @@ def test_fuzz_valid_frames_with_random_values_round_trip() -> None:
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(max_examples=60, deadline=None, database=None)
+    @hypothesis.settings(max_examples=40, deadline=None, database=None)
     @hypothesis.given(
         values=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=20),
         chunk=st.integers(min_value=1, max_value=40),

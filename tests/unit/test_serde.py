@@ -18,9 +18,27 @@ from strata.serde import (
 
 CONFIGS = [
     TrainingConfig(),
-    TrainingConfig(local_epochs=3, max_steps=100, batch_size=8, learning_rate=1e-5, weight_decay=0.01, max_seq_len=512, seed=42),
-    TrainingConfig(local_epochs=1, max_steps=0, batch_size=1, learning_rate=0.1234567891234, weight_decay=0.0, max_seq_len=8, seed=2**63),
-    TrainingConfig(local_epochs=2**32 - 1, max_steps=2**32 - 1, batch_size=2**32 - 1, max_seq_len=8192, seed=2**64 - 1),
+    TrainingConfig(
+        local_epochs=3,
+        max_steps=100,
+        batch_size=8,
+        learning_rate=1e-5,
+        weight_decay=0.01,
+        max_seq_len=512,
+        seed=42,
+    ),
+    TrainingConfig(
+        local_epochs=1,
+        max_steps=0,
+        batch_size=1,
+        learning_rate=0.1234567891234,
+        weight_decay=0.0,
+        max_seq_len=8,
+        seed=2**63,
+    ),
+    TrainingConfig(
+        local_epochs=2**32 - 1, max_steps=2**32 - 1, batch_size=2**32 - 1, max_seq_len=8192, seed=2**64 - 1
+    ),
 ]
 
 
@@ -47,9 +65,33 @@ def test_training_config_refuses_negative_values() -> None:
 
 
 TASKS = [
-    RoundTask(round=1, model_version=0, model_hash="0" * 64, deadline_unix=1_700_000_000.25, config=TrainingConfig(), encoding="fp32", total_rounds=5),
-    RoundTask(round=7, model_version=12, model_hash="ab" * 32, deadline_unix=0.0, config=CONFIGS[1], encoding="fp32", total_rounds=7),
-    RoundTask(round=2**32 - 1, model_version=2**64 - 1, model_hash="", deadline_unix=1e12 + 0.5, config=CONFIGS[2], encoding="", total_rounds=1),
+    RoundTask(
+        round=1,
+        model_version=0,
+        model_hash="0" * 64,
+        deadline_unix=1_700_000_000.25,
+        config=TrainingConfig(),
+        encoding="fp32",
+        total_rounds=5,
+    ),
+    RoundTask(
+        round=7,
+        model_version=12,
+        model_hash="ab" * 32,
+        deadline_unix=0.0,
+        config=CONFIGS[1],
+        encoding="fp32",
+        total_rounds=7,
+    ),
+    RoundTask(
+        round=2**32 - 1,
+        model_version=2**64 - 1,
+        model_hash="",
+        deadline_unix=1e12 + 0.5,
+        config=CONFIGS[2],
+        encoding="",
+        total_rounds=1,
+    ),
 ]
 
 
@@ -62,7 +104,9 @@ def test_round_task_round_trip(task: RoundTask) -> None:
     assert task_from_proto(wire) == task
 
 
-@pytest.mark.parametrize("kind", [pb.Task.KIND_UNSPECIFIED, pb.Task.WAIT, pb.Task.DONE], ids=["unspecified", "wait", "done"])
+@pytest.mark.parametrize(
+    "kind", [pb.Task.KIND_UNSPECIFIED, pb.Task.WAIT, pb.Task.DONE], ids=["unspecified", "wait", "done"]
+)
 def test_task_from_proto_refuses_non_train(kind: int) -> None:
     message = task_to_proto(TASKS[0])
     message.kind = kind  # type: ignore[assignment]
