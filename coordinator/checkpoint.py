@@ -17,7 +17,11 @@ def save(directory: Path, version: int, tensors: dict[str, torch.Tensor], model_
     directory.mkdir(parents=True, exist_ok=True)
     target = path_of(directory, version)
     tmp = target.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"version": str(version), "hash": model_hash})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"version": str(version), "hash": model_hash},
+    )
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)

@@ -9,14 +9,22 @@ from coordinator.settings import CoordinatorSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("coordinator", help="run the gRPC coordinator of a federation",
-                       description="Run the gRPC coordinator: schedules rounds, receives updates, aggregates.")
+    p = sub.add_parser(
+        "coordinator",
+        help="run the gRPC coordinator of a federation",
+        description="Run the gRPC coordinator: schedules rounds, receives updates, aggregates.",
+    )
     CoordinatorSettings.add_arguments(p)
     p.set_defaults(func=main)
-    m = sub.add_parser("migrate", help="create or upgrade the coordinator's database schema",
-                       description="Apply the Alembic migrations to a database (idempotent; a deployment's one-shot step).")
+    m = sub.add_parser(
+        "migrate",
+        help="create or upgrade the coordinator's database schema",
+        description="Apply the Alembic migrations to a database (idempotent; a deployment's one-shot step).",
+    )
     m.add_argument("--database-url", default=None, help="database URL (env STRATA_COORDINATOR_DATABASE_URL)")
-    m.add_argument("--config", metavar="FILE", help="TOML config file; reads database_url from its [coordinator] table")
+    m.add_argument(
+        "--config", metavar="FILE", help="TOML config file; reads database_url from its [coordinator] table"
+    )
     m.set_defaults(func=migrate_main)
 
 

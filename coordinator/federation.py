@@ -120,9 +120,13 @@ class FederationRunner:
         self.eval_examples: list[Example] = []
         self.rng = random.Random(settings.seed)
         self.training = TrainingConfig(
-            local_epochs=settings.local_epochs, max_steps=settings.max_steps, batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-            max_seq_len=settings.max_seq_len, seed=settings.seed,
+            local_epochs=settings.local_epochs,
+            max_steps=settings.max_steps,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            max_seq_len=settings.max_seq_len,
+            seed=settings.seed,
         )
         self.told_done: set[str] = set()
 
@@ -136,26 +140,45 @@ class FederationRunner:
             self.eval_examples = read_examples(s.eval_data, self.labels)[: s.eval_max_examples]
         tensors = global_tensors(self.model)
         fed = self.store.get_or_create_federation(
-            s.federation, model_name=str(s.model), num_labels=len(self.labels), total_rounds=s.rounds,
-            num_parameters=sum(t.numel() for t in tensors.values()), config=self._config_record(),
+            s.federation,
+            model_name=str(s.model),
+            num_labels=len(self.labels),
+            total_rounds=s.rounds,
+            num_parameters=sum(t.numel() for t in tensors.values()),
+            config=self._config_record(),
         )
         self.fed_id = fed.id
         if fed.model_version > 0 or checkpoint.exists(self.ckpt_dir, 0):
             version = fed.model_version
             if not checkpoint.exists(self.ckpt_dir, version):
-                raise RuntimeError(f"the database says version {version} but {checkpoint.path_of(self.ckpt_dir, version)} is missing")
+                raise RuntimeError(
+                    f"the database says version {version} but {checkpoint.path_of(self.ckpt_dir, version)} is missing"
+                )
             load_tensors(self.model, checkpoint.load(self.ckpt_dir, version))
             tensors = global_tensors(self.model)
             h = model_hash(tensors)
             if fed.model_hash and h != fed.model_hash:
                 raise RuntimeError(f"checkpoint v{version} does not match the hash recorded in the database")
-            failed = self.store.fail_open_rounds(self.fed_id, "coordinator restarted while the round was open")
-            log.info("resuming federation %s at version %d (%d open round(s) marked failed)", s.federation, version, failed)
+            failed = self.store.fail_open_rounds(
+                self.fed_id, "coordinator restarted while the round was open"
+            )
+            log.info(
+                "resuming federation %s at version %d (%d open round(s) marked failed)",
+                s.federation,
+                version,
+                failed,
+            )
         else:
             version, h = 0, model_hash(tensors)
             checkpoint.save(self.ckpt_dir, 0, tensors, h)
-        self.store.update_federation(self.fed_id, model_version=version, model_hash=h, total_rounds=s.rounds,
-                                     state=FederationState.RUNNING.value, error=None)
+        self.store.update_federation(
+            self.fed_id,
+            model_version=version,
+            model_hash=h,
+            total_rounds=s.rounds,
+            state=FederationState.RUNNING.value,
+            error=None,
+        )
         self.snapshot = self._encode(version, h, tensors)
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
@@ -163,8 +186,21 @@ class FederationRunner:
             self.done = True
 
     def _config_record(self) -> dict[str, object]:
-        keep = ("rounds", "min_workers", "workers_per_round", "min_updates", "round_timeout", "local_epochs", "max_steps",
-                "batch_size", "learning_rate", "weight_decay", "max_seq_len", "encoding", "seed")
+        keep = (
+            "rounds",
+            "min_workers",
+            "workers_per_round",
+            "min_updates",
+            "round_timeout",
+            "local_epochs",
+            "max_steps",
+            "batch_size",
+            "learning_rate",
+            "weight_decay",
+            "max_seq_len",
+            "encoding",
+            "seed",
+        )
         return {k: getattr(self.s, k) for k in keep} | {"labels": self.labels}
 
     def _encode(self, version: int, h: str, tensors: dict[str, torch.Tensor]) -> Snapshot:
@@ -191,14 +227,27 @@ class FederationRunner:
         if req.num_samples == 0:
             raise InvalidInput("num_samples: a worker needs at least one training example")
         try:
-            w = self.store.upsert_worker(self.fed_id, name, token, device=req.device[:64], software_version=req.version[:32],
-                                         num_samples=req.num_samples, num_eval_samples=req.num_eval_samples)
+            w = self.store.upsert_worker(
+                self.fed_id,
+                name,
+                token,
+                device=req.device[:64],
+                software_version=req.version[:32],
+                num_samples=req.num_samples,
+                num_eval_samples=req.num_eval_samples,
+            )
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None
         self.sessions[w.uid] = Session(w.id, w.uid, name, w.token_hash, req.num_samples)
         log.info("worker %s joined (%d samples, %s)", name, req.num_samples, req.device or "?")
-        return pb.JoinReply(worker_id=w.uid, federation=self.s.federation, task_kind="sequence-classification",
-                            num_labels=len(self.labels), labels=self.labels, max_seq_len=self.s.max_seq_len)
+        return pb.JoinReply(
+            worker_id=w.uid,
+            federation=self.s.federation,
+            task_kind="sequence-classification",
+            num_labels=len(self.labels),
+            labels=self.labels,
+            max_seq_len=self.s.max_seq_len,
+        )
 
     def online(self) -> list[Session]:
         now = time.monotonic()
@@ -213,9 +262,23 @@ class FederationRunner:
                     self.told_done.add(sess.uid)
                     return pb.Task(kind=pb.Task.DONE, total_rounds=self.s.rounds)
                 r = self.current
-                if r is not None and not r.closed and sess.uid in r.participants and sess.uid not in r.accepted:
-                    return task_to_proto(RoundTask(r.number, r.base_version, r.base_hash, r.deadline_unix,
-                                                   self.training, self.s.encoding, self.s.rounds))
+                if (
+                    r is not None
+                    and not r.closed
+                    and sess.uid in r.participants
+                    and sess.uid not in r.accepted
+                ):
+                    return task_to_proto(
+                        RoundTask(
+                            r.number,
+                            r.base_version,
+                            r.base_hash,
+                            r.deadline_unix,
+                            self.training,
+                            self.s.encoding,
+                            self.s.rounds,
+                        )
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return pb.Task(kind=pb.Task.WAIT, total_rounds=self.s.rounds)
@@ -232,8 +295,11 @@ class FederationRunner:
         files = sorted(self.assets.items()) if req.include_assets else []
         send_tensors = req.have_version != snap.version or req.have_version == 0
         frames = snap.frames if send_tensors else []
-        yield pb.ModelChunk(header=pb.ModelHeader(version=snap.version, model_hash=snap.hash,
-                                                  num_tensors=len(frames), num_files=len(files)))
+        yield pb.ModelChunk(
+            header=pb.ModelHeader(
+                version=snap.version, model_hash=snap.hash, num_tensors=len(frames), num_files=len(files)
+            )
+        )
         sent = 0
         for name, data in files:
             yield pb.ModelChunk(file=file_header(name, data))
@@ -269,16 +335,31 @@ class FederationRunner:
         except BaseException as exc:
             writer.abort()
             r.uploading.discard(sess.uid)
-            reason = str(exc) if isinstance(exc, InvalidInput) else f"stream ended early ({type(exc).__name__})"
-            self.store.record_update(r.db_id, sess.db_id, UpdateStatus.REJECTED, reason, base_version=h.base_version,
-                                     num_samples=h.num_samples)
+            reason = (
+                str(exc) if isinstance(exc, InvalidInput) else f"stream ended early ({type(exc).__name__})"
+            )
+            self.store.record_update(
+                r.db_id,
+                sess.db_id,
+                UpdateStatus.REJECTED,
+                reason,
+                base_version=h.base_version,
+                num_samples=h.num_samples,
+            )
             log.warning("update from %s for round %d rejected: %s", sess.name, r.number, reason)
             raise
         r.uploading.discard(sess.uid)
         if r.closed or r is not self.current:
             writer.abort()
-            self.store.record_update(r.db_id, sess.db_id, UpdateStatus.LATE, "arrived after the round closed",
-                                     base_version=h.base_version, num_samples=h.num_samples, bytes=received)
+            self.store.record_update(
+                r.db_id,
+                sess.db_id,
+                UpdateStatus.LATE,
+                "arrived after the round closed",
+                base_version=h.base_version,
+                num_samples=h.num_samples,
+                bytes=received,
+            )
             raise FailedPrecondition(f"round {h.round} closed while the update was uploading")
         writer.commit()
         raw = sum(t.numel() * 4 for t in delta.values())
@@ -289,9 +370,19 @@ class FederationRunner:
         r.loss_sum += h.train_loss * h.num_samples
         r.acc_sum += h.train_accuracy * h.num_samples
         self.store.record_update(
-            r.db_id, sess.db_id, UpdateStatus.ACCEPTED, base_version=h.base_version, num_samples=h.num_samples,
-            num_tensors=len(delta), bytes=received, raw_bytes=raw, num_steps=h.num_steps, train_loss=h.train_loss,
-            train_accuracy=h.train_accuracy, update_norm=l2_norm(delta), train_seconds=h.train_seconds,
+            r.db_id,
+            sess.db_id,
+            UpdateStatus.ACCEPTED,
+            base_version=h.base_version,
+            num_samples=h.num_samples,
+            num_tensors=len(delta),
+            bytes=received,
+            raw_bytes=raw,
+            num_steps=h.num_steps,
+            train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy,
+            update_norm=l2_norm(delta),
+            train_seconds=h.train_seconds,
             upload_seconds=time.monotonic() - started,
         )
         if set(r.accepted) >= set(r.participants):
@@ -308,16 +399,23 @@ class FederationRunner:
         if sess.uid in r.accepted:
             raise FailedPrecondition(f"worker {sess.name} already delivered its update for round {r.number}")
         if sess.uid in r.uploading:
-            raise FailedPrecondition(f"worker {sess.name} is already uploading an update for round {r.number}")
+            raise FailedPrecondition(
+                f"worker {sess.name} is already uploading an update for round {r.number}"
+            )
         if h.base_version != r.base_version or h.base_hash != r.base_hash:
             raise FailedPrecondition(
                 f"update computed against version {h.base_version} ({h.base_hash[:12]}), round {r.number} trains "
-                f"version {r.base_version} ({r.base_hash[:12]})")
+                f"version {r.base_version} ({r.base_hash[:12]})"
+            )
         if h.num_samples == 0 or h.num_samples > 10 * max(sess.num_samples, 1):
-            raise InvalidInput(f"num_samples {h.num_samples} is not plausible for a worker that declared {sess.num_samples}")
+            raise InvalidInput(
+                f"num_samples {h.num_samples} is not plausible for a worker that declared {sess.num_samples}"
+            )
         return r
 
-    async def _receive(self, chunks: AsyncIterator[pb.UpdateChunk], writer: spool.SpoolWriter) -> tuple[dict[str, torch.Tensor], int]:
+    async def _receive(
+        self, chunks: AsyncIterator[pb.UpdateChunk], writer: spool.SpoolWriter
+    ) -> tuple[dict[str, torch.Tensor], int]:
         expected = expected_of(self.snapshot_tensors)
         asm = FrameAssembler(expected)
         delta: dict[str, torch.Tensor] = {}
@@ -331,7 +429,9 @@ class FederationRunner:
             elif part == "end":
                 asm.finish()
                 if chunk.end.num_tensors != len(delta):
-                    raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(delta)} arrived")
+                    raise InvalidInput(
+                        f"end marker counts {chunk.end.num_tensors} tensors, {len(delta)} arrived"
+                    )
                 missing = set(expected) - set(delta)
                 if missing:
                     raise InvalidInput(f"update lacks {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
@@ -355,8 +455,15 @@ class FederationRunner:
             raise FailedPrecondition(f"no round {req.round} in this federation")
         if not (0.0 <= req.accuracy <= 1.0) or req.loss < 0 or req.loss != req.loss:
             raise InvalidInput("metrics out of range (accuracy in [0, 1], loss >= 0)")
-        self.store.record_evaluation(rid, sess.db_id, model_version=req.model_version, split=req.split[:32] or "local-test",
-                                     num_samples=req.num_samples, loss=req.loss, accuracy=req.accuracy)
+        self.store.record_evaluation(
+            rid,
+            sess.db_id,
+            model_version=req.model_version,
+            split=req.split[:32] or "local-test",
+            num_samples=req.num_samples,
+            loss=req.loss,
+            accuracy=req.accuracy,
+        )
 
     def _round_id(self, number: int) -> int | None:
         for r in self.store.rounds(self.fed_id):
@@ -406,8 +513,15 @@ class FederationRunner:
         participants = self._choose()
         snap = self.snapshot
         deadline = time.time() + self.s.round_timeout
-        db_id = self.store.open_round(self.fed_id, self.round_number, snap.version, snap.hash, sorted(participants.values()),
-                                      self.s.min_updates, dt.datetime.fromtimestamp(deadline, dt.UTC))
+        db_id = self.store.open_round(
+            self.fed_id,
+            self.round_number,
+            snap.version,
+            snap.hash,
+            sorted(participants.values()),
+            self.s.min_updates,
+            dt.datetime.fromtimestamp(deadline, dt.UTC),
+        )
         r = OpenRound(db_id, self.round_number, snap.version, snap.hash, participants, deadline)
         self.current = r
         started = time.monotonic()
@@ -418,11 +532,22 @@ class FederationRunner:
         r.closed = True
         await self._notify()
         quorum = min(self.s.min_updates, len(participants))
-        common = dict(num_updates=len(r.accepted), num_samples=r.accumulator.total_samples, bytes_up=r.bytes_up,
-                      raw_bytes_up=r.raw_bytes_up, bytes_down=r.bytes_down)
+        common = dict(
+            num_updates=len(r.accepted),
+            num_samples=r.accumulator.total_samples,
+            bytes_up=r.bytes_up,
+            raw_bytes_up=r.raw_bytes_up,
+            bytes_down=r.bytes_down,
+        )
         if len(r.accepted) < quorum:
             reason = f"{len(r.accepted)} of {len(participants)} updates by the deadline; quorum is {quorum}"
-            self.store.close_round(r.db_id, RoundState.FAILED, error=reason, duration_seconds=time.monotonic() - started, **common)
+            self.store.close_round(
+                r.db_id,
+                RoundState.FAILED,
+                error=reason,
+                duration_seconds=time.monotonic() - started,
+                **common,
+            )
             log.warning("round %d failed: %s", r.number, reason)
             return False
         self.store.set_round_fields(r.db_id, state=RoundState.AGGREGATING.value)
@@ -433,23 +558,38 @@ class FederationRunner:
         test_loss = test_acc = None
         if self.eval_examples:
             test_loss, test_acc = await asyncio.to_thread(
-                evaluate, self.model, self.tokenizer, self.eval_examples, self.s.max_seq_len)
+                evaluate, self.model, self.tokenizer, self.eval_examples, self.s.max_seq_len
+            )
         n = max(r.accumulator.total_samples, 1)
         self.completed += 1
         self.store.close_round(
-            r.db_id, RoundState.COMPLETED,
+            r.db_id,
+            RoundState.COMPLETED,
             federation_fields=dict(model_version=new_version, model_hash=new_hash),
-            result_version=new_version, result_hash=new_hash, train_loss=r.loss_sum / n, train_accuracy=r.acc_sum / n,
-            test_loss=test_loss, test_accuracy=test_acc, update_norm=norm, aggregate_seconds=agg_seconds,
-            eval_seconds=time.monotonic() - t1 if self.eval_examples else None, duration_seconds=time.monotonic() - started,
+            result_version=new_version,
+            result_hash=new_hash,
+            train_loss=r.loss_sum / n,
+            train_accuracy=r.acc_sum / n,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            update_norm=norm,
+            aggregate_seconds=agg_seconds,
+            eval_seconds=time.monotonic() - t1 if self.eval_examples else None,
+            duration_seconds=time.monotonic() - started,
             **common,
         )
         spool.prune(self.spool_dir, keep_from=r.number - 1)
         if self.completed >= self.s.rounds:
             self.done = True
         acc = f"{test_acc:.4f}" if test_acc is not None else "n/a"
-        log.info("round %d done: %d update(s), version %d, test accuracy %s, %.1fs", r.number, len(r.accepted),
-                 new_version, acc, time.monotonic() - started)
+        log.info(
+            "round %d done: %d update(s), version %d, test accuracy %s, %.1fs",
+            r.number,
+            len(r.accepted),
+            new_version,
+            acc,
+            time.monotonic() - started,
+        )
         return True
 
     def _aggregate(self, r: OpenRound) -> tuple[int, str, float]:

@@ -56,10 +56,14 @@ class CoordinatorServer:
     async def start(self) -> int:
         # grpc.aio objects belong to the running event loop: build them here, not in __init__
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[AuthInterceptor(self.runner.authorise)], options=CHANNEL_OPTIONS)
+        self.server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.runner.authorise)], options=CHANNEL_OPTIONS
+        )
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self.runner), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.listen}")

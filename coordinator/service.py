@@ -34,12 +34,16 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         sess = self._session(request.worker_id, context)
         return await self.runner.get_task(sess, float(request.wait_seconds or 10))
 
-    async def PullModel(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
+    async def PullModel(
+        self, request: pb.PullRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelChunk]:
         sess = self._session(request.worker_id, context)
         for chunk in self.runner.pull(sess, request):
             yield chunk
 
-    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext) -> pb.PushReply:
+    async def PushUpdate(
+        self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext
+    ) -> pb.PushReply:
         token = _token(context)
         # the worker id travels in the header, the first chunk; peek at it to authenticate the session
         first = await anext(aiter(request_iterator), None)
@@ -54,7 +58,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
         return await self.runner.push(sess, replay())
 
-    async def ReportMetrics(self, request: pb.MetricsReport, context: grpc.aio.ServicerContext) -> pb.MetricsAck:
+    async def ReportMetrics(
+        self, request: pb.MetricsReport, context: grpc.aio.ServicerContext
+    ) -> pb.MetricsAck:
         sess = self._session(request.worker_id, context)
         self.runner.report(sess, request)
         return pb.MetricsAck()

@@ -16,23 +16,55 @@ class CoordinatorSettings(StrataSettings):
     model_config = SettingsConfigDict(env_prefix="STRATA_COORDINATOR_", extra="forbid", validate_default=True)
     toml_table = "coordinator"
 
-    federation: str = Field("default", description="Name of the federation this coordinator runs", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
-    listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port (port 0 picks a free port)")
+    federation: str = Field(
+        "default",
+        description="Name of the federation this coordinator runs",
+        pattern=r"^[A-Za-z0-9_.\-]{1,128}$",
+    )
+    listen: str = Field(
+        "127.0.0.1:50051", description="gRPC listen address host:port (port 0 picks a free port)"
+    )
     port_file: Path | None = Field(None, description="Write the bound port to this file once listening")
-    database_url: str = Field("sqlite:///strata-data/strata.db", description="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db")
-    data_dir: Path = Field(Path("strata-data"), description="Folder for checkpoints, the update spool and model assets")
-    model: Path | None = Field(None, description="Transformers model directory to fine-tune (config.json, weights, tokenizer)")
-    labels: str | None = Field(None, description="Class names: a labels.json file or a comma-separated list (default: the model config's id2label)")
-    eval_data: Path | None = Field(None, description="Held-out split (JSON Lines, .jsonl.zst or CSV) the coordinator evaluates each new version on")
+    database_url: str = Field(
+        "sqlite:///strata-data/strata.db",
+        description="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db",
+    )
+    data_dir: Path = Field(
+        Path("strata-data"), description="Folder for checkpoints, the update spool and model assets"
+    )
+    model: Path | None = Field(
+        None, description="Transformers model directory to fine-tune (config.json, weights, tokenizer)"
+    )
+    labels: str | None = Field(
+        None,
+        description="Class names: a labels.json file or a comma-separated list (default: the model config's id2label)",
+    )
+    eval_data: Path | None = Field(
+        None,
+        description="Held-out split (JSON Lines, .jsonl.zst or CSV) the coordinator evaluates each new version on",
+    )
     eval_max_examples: int = Field(2000, ge=1, description="Evaluate on at most this many held-out examples")
     rounds: int = Field(5, ge=1, description="Number of rounds to complete")
     min_workers: int = Field(2, ge=1, description="Workers that must be online before a round starts")
-    workers_per_round: int = Field(0, ge=0, description="Participants chosen per round among online workers (0: all)")
-    min_updates: int = Field(1, ge=1, description="Quorum: accepted updates needed to aggregate at the deadline")
+    workers_per_round: int = Field(
+        0, ge=0, description="Participants chosen per round among online workers (0: all)"
+    )
+    min_updates: int = Field(
+        1, ge=1, description="Quorum: accepted updates needed to aggregate at the deadline"
+    )
     round_timeout: float = Field(300.0, gt=0, description="Seconds from a round's start to its deadline")
-    start_timeout: float = Field(0.0, ge=0, description="Give up if min_workers have not joined after this many seconds (0: wait forever)")
-    max_failed_rounds: int = Field(3, ge=1, description="Consecutive failed rounds after which the federation fails")
-    worker_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Tokens workers may join with (comma-separated); one per organisation")
+    start_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="Give up if min_workers have not joined after this many seconds (0: wait forever)",
+    )
+    max_failed_rounds: int = Field(
+        3, ge=1, description="Consecutive failed rounds after which the federation fails"
+    )
+    worker_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tokens workers may join with (comma-separated); one per organisation",
+    )
     local_epochs: int = Field(1, ge=1, description="Local epochs per round")
     max_steps: int = Field(0, ge=0, description="Cap on local optimiser steps per round (0: no cap)")
     batch_size: int = Field(16, ge=1, description="Local training batch size")
@@ -41,11 +73,17 @@ class CoordinatorSettings(StrataSettings):
     max_seq_len: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation length)")
     encoding: str = Field("fp32", description=f"Update encoding: {', '.join(ENCODINGS)}")
     seed: int = Field(0, description="Seed for the initial head, participant choice and local shuffles")
-    worker_timeout: float = Field(60.0, gt=0, description="A worker not heard from for this many seconds is offline")
+    worker_timeout: float = Field(
+        60.0, gt=0, description="A worker not heard from for this many seconds is offline"
+    )
     task_poll_seconds: float = Field(10.0, gt=0, le=300, description="Longest a GetTask long poll is held")
     exit_when_done: bool = Field(True, description="Exit once every round is done and workers were told")
-    linger_seconds: float = Field(5.0, ge=0, description="After the last round, keep serving this long so workers hear DONE")
-    grace_seconds: float = Field(5.0, ge=0, description="Grace period for in-flight calls on shutdown (SIGTERM)")
+    linger_seconds: float = Field(
+        5.0, ge=0, description="After the last round, keep serving this long so workers hear DONE"
+    )
+    grace_seconds: float = Field(
+        5.0, ge=0, description="Grace period for in-flight calls on shutdown (SIGTERM)"
+    )
 
     @field_validator("worker_tokens", mode="before")
     @classmethod

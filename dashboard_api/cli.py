@@ -8,8 +8,11 @@ from dashboard_api.settings import DashboardSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("dashboard", help="serve federation status and metrics over REST",
-                       description="Serve the dashboard REST API (OpenAPI at /docs) on the coordinator's database.")
+    p = sub.add_parser(
+        "dashboard",
+        help="serve federation status and metrics over REST",
+        description="Serve the dashboard REST API (OpenAPI at /docs) on the coordinator's database.",
+    )
     DashboardSettings.add_arguments(p)
     p.set_defaults(func=main)
 

@@ -19,7 +19,9 @@ def fedavg_weights(num_samples: Sequence[int]) -> list[float]:
     return [n / total for n in num_samples]
 
 
-def weighted_mean(deltas: Sequence[Mapping[str, torch.Tensor]], num_samples: Sequence[int]) -> dict[str, torch.Tensor]:
+def weighted_mean(
+    deltas: Sequence[Mapping[str, torch.Tensor]], num_samples: Sequence[int]
+) -> dict[str, torch.Tensor]:
     """The sample-weighted mean delta, tensor by tensor (every delta must carry the same names)."""
     if len(deltas) != len(num_samples):
         raise ValueError("one sample count per delta")
@@ -65,7 +67,9 @@ class FedAvgAccumulator:
         return {name: (buf / self._counts[name]).to(torch.float32) for name, buf in self._sums.items()}
 
 
-def apply_delta(params: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor], lr: float = 1.0) -> dict[str, torch.Tensor]:
+def apply_delta(
+    params: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor], lr: float = 1.0
+) -> dict[str, torch.Tensor]:
     """θ' = θ + lr · Δ for the tensors in delta; the others are returned unchanged."""
     out = dict(params)
     for name, d in delta.items():

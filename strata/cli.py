@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every setting may also come from an environment variable or a TOML file (--config); see README.md.",
     )
     parser.add_argument("--version", action="version", version=f"strata {__version__}")
-    parser.add_argument("--log-level", dest="cli_log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level")
+    parser.add_argument(
+        "--log-level",
+        dest="cli_log_level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     found = {ep.name: ep for ep in entry_points(group="strata.commands")}
     for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
@@ -39,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.cli_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.cli_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

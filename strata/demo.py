@@ -38,25 +38,54 @@ class Proc:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="run a complete federation on this machine",
-                       description="Start a coordinator, the dashboard API and N workers on this machine (SQLite, CPU), "
-                                   "run the rounds, print a line per round and a final table.")
+    p = sub.add_parser(
+        "demo",
+        help="run a complete federation on this machine",
+        description="Start a coordinator, the dashboard API and N workers on this machine (SQLite, CPU), "
+        "run the rounds, print a line per round and a final table.",
+    )
     p.add_argument("--workers", type=int, default=3, help="number of worker processes (default 3)")
     p.add_argument("--rounds", type=int, default=5, help="rounds to run (default 5)")
-    p.add_argument("--data", type=Path, help="data folder with train/test splits and labels.json (default: generated)")
-    p.add_argument("--model", type=Path, help="transformers model directory (default: a small BERT built from a config)")
+    p.add_argument(
+        "--data", type=Path, help="data folder with train/test splits and labels.json (default: generated)"
+    )
+    p.add_argument(
+        "--model", type=Path, help="transformers model directory (default: a small BERT built from a config)"
+    )
     p.add_argument("--db", help="database URL (default: SQLite in the work folder)")
-    p.add_argument("--serve", action="store_true", help="keep the dashboard API up afterwards (Ctrl-C to stop)")
+    p.add_argument(
+        "--serve", action="store_true", help="keep the dashboard API up afterwards (Ctrl-C to stop)"
+    )
     p.add_argument("--workdir", type=Path, help="work folder (default: a temporary one, removed afterwards)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID label split (default 0.5)")
-    p.add_argument("--train-examples", type=int, help="training examples shared among workers (default 2400 generated, 4000 with --data)")
-    p.add_argument("--test-examples", type=int, default=500, help="held-out examples the coordinator evaluates on (default 500)")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration of the non-IID label split (default 0.5)",
+    )
+    p.add_argument(
+        "--train-examples",
+        type=int,
+        help="training examples shared among workers (default 2400 generated, 4000 with --data)",
+    )
+    p.add_argument(
+        "--test-examples",
+        type=int,
+        default=500,
+        help="held-out examples the coordinator evaluates on (default 500)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="local epochs per round (default 1)")
     p.add_argument("--max-steps", type=int, default=0, help="cap on local steps per round (default: no cap)")
     p.add_argument("--batch-size", type=int, default=16, help="local batch size (default 16)")
-    p.add_argument("--lr", type=float, help="local learning rate (default 1e-3 for the generated model, 5e-5 with --model)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="local learning rate (default 1e-3 for the generated model, 5e-5 with --model)",
+    )
     p.add_argument("--max-seq-len", type=int, default=64, help="tokens per example (default 64)")
-    p.add_argument("--round-timeout", type=float, default=600.0, help="round deadline in seconds (default 600)")
+    p.add_argument(
+        "--round-timeout", type=float, default=600.0, help="round deadline in seconds (default 600)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for data, split and model (default 0)")
     p.add_argument("--port", type=int, default=0, help="dashboard API port (default: a free one)")
     p.set_defaults(func=main)
@@ -88,15 +117,27 @@ class Demo:
         a = self.a
         if a.data is not None:
             ds = load_dataset_dir(a.data)
-            train, test, labels = _sample(ds.train, a.train_examples or 4000, a.seed), _sample(ds.test, a.test_examples, a.seed), ds.labels
+            train, test, labels = (
+                _sample(ds.train, a.train_examples or 4000, a.seed),
+                _sample(ds.test, a.test_examples, a.seed),
+                ds.labels,
+            )
             source = str(a.data)
         else:
             train, test = synthetic.generate_splits(a.train_examples or 2400, a.test_examples, a.seed)
             labels, source = list(synthetic.LABELS), "generated topics"
-        shards = dirichlet_split([e.label for e in train], a.workers, a.alpha, a.seed, min_size=max(4, min(20, len(train) // (4 * a.workers))))
+        shards = dirichlet_split(
+            [e.label for e in train],
+            a.workers,
+            a.alpha,
+            a.seed,
+            min_size=max(4, min(20, len(train) // (4 * a.workers))),
+        )
         hist = label_histogram([e.label for e in train], shards, len(labels))
-        print(f"data: {source}: {len(train)} training examples over {a.workers} workers (Dirichlet alpha={a.alpha}), "
-              f"{len(test)} held-out at the coordinator")
+        print(
+            f"data: {source}: {len(train)} training examples over {a.workers} workers (Dirichlet alpha={a.alpha}), "
+            f"{len(test)} held-out at the coordinator"
+        )
         worker_dirs = []
         for k, shard in enumerate(shards):
             keep, held = holdout(shard, 0.1, seed=a.seed + k)
@@ -114,7 +155,9 @@ class Demo:
         else:
             from strata.modeling import make_tiny_model_dir
 
-            model_dir = make_tiny_model_dir(self.dir / "model", [e.text for e in train], labels, seed=a.seed, max_len=a.max_seq_len)
+            model_dir = make_tiny_model_dir(
+                self.dir / "model", [e.text for e in train], labels, seed=a.seed, max_len=a.max_seq_len
+            )
         return model_dir, test_path, worker_dirs, labels
 
     # ------------------------------------------------------------------ processes
@@ -122,9 +165,23 @@ class Demo:
         log = self.dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log, "wb")  # noqa: SIM115 - owned by the child process
-        full_env = os.environ | env | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
-        p = subprocess.Popen([sys.executable, "-m", "strata.cli", *argv], stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                             cwd=self.dir, start_new_session=True)
+        full_env = (
+            os.environ
+            | env
+            | {
+                "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            }
+        )
+        p = subprocess.Popen(
+            [sys.executable, "-m", "strata.cli", *argv],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=self.dir,
+            start_new_session=True,
+        )
         proc = Proc(name, p, log)
         self.procs.append(proc)
         return proc
@@ -147,27 +204,81 @@ class Demo:
         tokens = [secrets.token_urlsafe(24) for _ in worker_dirs]
         port_file = self.dir / "coordinator.port"
         lr = a.lr if a.lr is not None else (5e-5 if a.model is not None else 1e-3)
-        coord = self.spawn("coordinator", [
-            "coordinator", "--federation", FEDERATION, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-            "--database-url", self.db, "--data-dir", str(self.dir / "coordinator"), "--model", str(model_dir),
-            "--labels", str(self.dir / "labels.json"), "--eval-data", str(test_path), "--rounds", str(a.rounds),
-            "--min-workers", str(a.workers), "--min-updates", str(a.workers), "--round-timeout", str(a.round_timeout),
-            "--start-timeout", "300", "--local-epochs", str(a.epochs), "--max-steps", str(a.max_steps),
-            "--batch-size", str(a.batch_size), "--learning-rate", str(lr), "--max-seq-len", str(a.max_seq_len),
-            "--seed", str(a.seed),
-        ], {"STRATA_COORDINATOR_WORKER_TOKENS": ",".join(tokens), "OMP_NUM_THREADS": "2"})
+        coord = self.spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "--federation",
+                FEDERATION,
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--database-url",
+                self.db,
+                "--data-dir",
+                str(self.dir / "coordinator"),
+                "--model",
+                str(model_dir),
+                "--labels",
+                str(self.dir / "labels.json"),
+                "--eval-data",
+                str(test_path),
+                "--rounds",
+                str(a.rounds),
+                "--min-workers",
+                str(a.workers),
+                "--min-updates",
+                str(a.workers),
+                "--round-timeout",
+                str(a.round_timeout),
+                "--start-timeout",
+                "300",
+                "--local-epochs",
+                str(a.epochs),
+                "--max-steps",
+                str(a.max_steps),
+                "--batch-size",
+                str(a.batch_size),
+                "--learning-rate",
+                str(lr),
+                "--max-seq-len",
+                str(a.max_seq_len),
+                "--seed",
+                str(a.seed),
+            ],
+            {"STRATA_COORDINATOR_WORKER_TOKENS": ",".join(tokens), "OMP_NUM_THREADS": "2"},
+        )
         api_port = a.port or _free_port()
-        self.spawn("dashboard", ["dashboard", "--database-url", self.db, "--port", str(api_port), "--log-level", "warning"], {})
+        self.spawn(
+            "dashboard",
+            ["dashboard", "--database-url", self.db, "--port", str(api_port), "--log-level", "warning"],
+            {},
+        )
         api = f"http://127.0.0.1:{api_port}"
         try:
             port = self._wait_for_port(port_file, coord)
             print(f"coordinator on 127.0.0.1:{port}, dashboard API on {api} (OpenAPI at {api}/docs)")
             threads = str(max(1, (os.cpu_count() or 2) // max(1, a.workers)))
             for k, (d, token) in enumerate(zip(worker_dirs, tokens, strict=True)):
-                self.spawn(f"org-{k + 1}", [
-                    "worker", "--coordinator", f"127.0.0.1:{port}", "--name", f"org-{k + 1}", "--data", str(d),
-                    "--cache-dir", str(self.dir / "worker-cache" / f"org-{k + 1}"), "--device", "cpu", "--no-progress",
-                ], {"STRATA_WORKER_TOKEN": token, "OMP_NUM_THREADS": threads})
+                self.spawn(
+                    f"org-{k + 1}",
+                    [
+                        "worker",
+                        "--coordinator",
+                        f"127.0.0.1:{port}",
+                        "--name",
+                        f"org-{k + 1}",
+                        "--data",
+                        str(d),
+                        "--cache-dir",
+                        str(self.dir / "worker-cache" / f"org-{k + 1}"),
+                        "--device",
+                        "cpu",
+                        "--no-progress",
+                    ],
+                    {"STRATA_WORKER_TOKEN": token, "OMP_NUM_THREADS": threads},
+                )
             rows = self._follow(api, coord)
             ok = self._check_exits()
             print()
@@ -230,7 +341,10 @@ class Demo:
             except subprocess.TimeoutExpired:
                 code = None
             if code != 0:
-                print(f"{p.name} {'did not exit' if code is None else f'exited with status {code}'}", file=sys.stderr)
+                print(
+                    f"{p.name} {'did not exit' if code is None else f'exited with status {code}'}",
+                    file=sys.stderr,
+                )
                 ok = False
         return ok
 
@@ -270,22 +384,33 @@ def round_line(r: dict[str, object], total: int) -> str:
         return f"round {r['number']}: FAILED: {r.get('error')}"
     acc = r.get("test_accuracy")
     loss = r.get("test_loss")
-    return (f"round {r['number']}/{total}  test acc {acc:.4f}  test loss {loss:.4f}  " if acc is not None else f"round {r['number']}/{total}  ") + \
-        f"train loss {r.get('train_loss') or 0:.4f}  up {_mb(r['bytes_up'])}  down {_mb(r['bytes_down'])}  " \
+    return (
+        (
+            f"round {r['number']}/{total}  test acc {acc:.4f}  test loss {loss:.4f}  "
+            if acc is not None
+            else f"round {r['number']}/{total}  "
+        )
+        + f"train loss {r.get('train_loss') or 0:.4f}  up {_mb(r['bytes_up'])}  down {_mb(r['bytes_down'])}  "
         f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
+    )
 
 
 def render_table(rows: list[dict[str, object]]) -> str:
     """The final table as markdown: round, test accuracy, loss, bytes up and down, seconds."""
-    out = ["| round | state | test accuracy | test loss | train loss | bytes up | bytes down | seconds |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| round | state | test accuracy | test loss | train loss | bytes up | bytes down | seconds |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
+
         def f(key: str, fmt: str = ".4f", row: dict[str, object] = r) -> str:
             v = row.get(key)
             return format(v, fmt) if isinstance(v, (int, float)) else "–"
 
-        out.append(f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
-                   f"{int(r['bytes_up'] or 0):,} | {int(r['bytes_down'] or 0):,} | {f('duration_seconds', '.1f')} |")  # type: ignore[call-overload]
+        out.append(
+            f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
+            f"{int(r['bytes_up'] or 0):,} | {int(r['bytes_down'] or 0):,} | {f('duration_seconds', '.1f')} |"
+        )  # type: ignore[call-overload]
     return "\n".join(out)
 
 

@@ -23,7 +23,11 @@ from strata.proto.v1 import tensor_pb2
 
 CHUNK_BYTES = 1 << 20
 ENCODINGS = ("fp32",)
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 MAX_ELEMENTS = 1 << 34  # a sanity ceiling on one tensor; real bounds come from the expected model
 MAX_FILE_BYTES = 256 << 20
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -33,7 +37,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def encode_tensor(name: str, tensor: torch.Tensor, encoding: str = "fp32", level: int = 3) -> tuple[tensor_pb2.TensorHeader, bytes]:
+def encode_tensor(
+    name: str, tensor: torch.Tensor, encoding: str = "fp32", level: int = 3
+) -> tuple[tensor_pb2.TensorHeader, bytes]:
     """Encode one tensor: its values as little-endian fp32, then zstd. Returns (header, payload)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
@@ -82,11 +88,15 @@ def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] 
     raw_bytes = numel * 4
     # zstd never expands incompressible data by more than a small margin; refuse claims beyond that
     if header.payload_bytes > raw_bytes + raw_bytes // 64 + 1024:
-        raise InvalidInput(f"{name}: payload of {header.payload_bytes} bytes is larger than its tensor can need")
+        raise InvalidInput(
+            f"{name}: payload of {header.payload_bytes} bytes is larger than its tensor can need"
+        )
     return raw_bytes
 
 
-def decode_tensor(header: tensor_pb2.TensorHeader, payload: bytes, expected: dict[str, Expected] | None = None) -> torch.Tensor:
+def decode_tensor(
+    header: tensor_pb2.TensorHeader, payload: bytes, expected: dict[str, Expected] | None = None
+) -> torch.Tensor:
     """Decode a frame's payload into a tensor of the header's dtype, checking size, CRC and finiteness."""
     raw_bytes = check_header(header, expected)
     name = header.name
@@ -124,7 +134,9 @@ class FrameAssembler:
     that completes it. `finish()` refuses a stream that stops inside a frame.
     """
 
-    def __init__(self, expected: dict[str, Expected] | None = None, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+    def __init__(
+        self, expected: dict[str, Expected] | None = None, max_file_bytes: int = MAX_FILE_BYTES
+    ) -> None:
         self.expected = expected
         self.max_file_bytes = max_file_bytes
         self._tensor: tensor_pb2.TensorHeader | None = None

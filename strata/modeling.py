@@ -39,7 +39,9 @@ def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int = 4000
     tok.train_from_iterator(iter(texts), trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
     return BertTokenizerFast(tokenizer_object=tok, do_lower_case=True)
 
@@ -79,7 +81,9 @@ def make_tiny_model_dir(
     return path
 
 
-def load_model(model_dir: str | Path, labels: Sequence[str], seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    model_dir: str | Path, labels: Sequence[str], seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a sequence classifier from a local transformers directory, with a head for `labels`.
 
     A directory holding only an encoder (e.g. a sentence-transformers checkpoint) gets a freshly
@@ -109,13 +113,19 @@ def model_from_assets(assets_dir: str | Path) -> tuple[PreTrainedModel, PreTrain
     return model, tokenizer
 
 
-def save_assets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> dict[str, bytes]:
+def save_assets(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path
+) -> dict[str, bytes]:
     """Write config and tokenizer files to out_dir; return them by name (what travels to workers)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file() and p.suffix in ASSET_SUFFIXES}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out_dir.iterdir())
+        if p.is_file() and p.suffix in ASSET_SUFFIXES
+    }
 
 
 def write_assets(files: Mapping[str, bytes], out_dir: str | Path) -> Path:
@@ -146,11 +156,17 @@ def load_tensors(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) ->
         p.copy_(value.to(p.dtype))
 
 
-def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
-    return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"))
+def encode_batch(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int
+) -> dict[str, torch.Tensor]:
+    return dict(
+        tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    )
 
 
-def batches(examples: Sequence[Example], batch_size: int, order: Sequence[int] | None = None) -> Iterator[list[Example]]:
+def batches(
+    examples: Sequence[Example], batch_size: int, order: Sequence[int] | None = None
+) -> Iterator[list[Example]]:
     idx = list(order) if order is not None else list(range(len(examples)))
     for start in range(0, len(idx), batch_size):
         yield [examples[i] for i in idx[start : start + batch_size]]

@@ -38,7 +38,9 @@ def generate(out_dir: Path) -> list[Path]:
             target = out_dir / path.name
             target.write_text(text)
             written.append(target)
-        (out_dir / "__init__.py").write_text('"""Generated from protos/strata/v1 by strata.protogen; do not edit."""\n')
+        (out_dir / "__init__.py").write_text(
+            '"""Generated from protos/strata/v1 by strata.protogen; do not edit."""\n'
+        )
         return written
 
 

@@ -64,7 +64,9 @@ class StrataSettings(BaseSettings):
         return (init_settings, env_settings, _TomlTable(settings_cls, cls.toml_table))
 
     @classmethod
-    def load(cls: type[S], overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> S:
+    def load(
+        cls: type[S], overrides: dict[str, Any] | None = None, config_file: str | Path | None = None
+    ) -> S:
         """Build and validate the settings; a bad value raises SettingsError naming the setting."""
         if config_file is not None and not Path(config_file).is_file():
             raise SettingsError(f"config file {config_file} does not exist")
@@ -76,7 +78,9 @@ class StrataSettings(BaseSettings):
             lines = []
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"])
-                lines.append(f"  {field} (--{field.replace('_', '-')} / {prefix}{field.upper()}): {err['msg']}")
+                lines.append(
+                    f"  {field} (--{field.replace('_', '-')} / {prefix}{field.upper()}): {err['msg']}"
+                )
             raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
         finally:
             _CONFIG_FILE.reset(token)
@@ -85,12 +89,16 @@ class StrataSettings(BaseSettings):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One flag per setting, `--some-name`, with the field's description as help."""
         prefix = cls.model_config.get("env_prefix", "")
-        parser.add_argument("--config", metavar="FILE", help=f"TOML config file; settings from its [{cls.toml_table}] table")
+        parser.add_argument(
+            "--config", metavar="FILE", help=f"TOML config file; settings from its [{cls.toml_table}] table"
+        )
         for name, field in cls.model_fields.items():
             flag = "--" + name.replace("_", "-")
             help_text = f"{field.description or ''} (env {prefix}{name.upper()}; default: {field.default!r})"
             if _is_bool(field.annotation):
-                parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+                parser.add_argument(
+                    flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                )
             else:
                 parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 
@@ -104,7 +112,12 @@ class StrataSettings(BaseSettings):
         """(flag, environment variable, default, description) per setting, for the README."""
         prefix = cls.model_config.get("env_prefix", "")
         return [
-            ("--" + name.replace("_", "-"), f"{prefix}{name.upper()}", repr(field.default), field.description or "")
+            (
+                "--" + name.replace("_", "-"),
+                f"{prefix}{name.upper()}",
+                repr(field.default),
+                field.description or "",
+            )
             for name, field in cls.model_fields.items()
         ]
 

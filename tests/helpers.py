@@ -67,12 +67,28 @@ class ServedCoordinator:
             raise self.error
 
 
-def coordinator_settings(tmp_path: Path, db_url: str, model_dir: Path, **overrides: Any) -> CoordinatorSettings:
+def coordinator_settings(
+    tmp_path: Path, db_url: str, model_dir: Path, **overrides: Any
+) -> CoordinatorSettings:
     values: dict[str, Any] = dict(
-        federation="test", listen="127.0.0.1:0", database_url=db_url, data_dir=tmp_path / "coord", model=model_dir,
-        labels=",".join(synthetic.LABELS), rounds=2, min_workers=3, min_updates=3, round_timeout=60,
-        worker_tokens=TOKENS, batch_size=16, learning_rate=1e-3, max_seq_len=32, max_steps=4,
-        linger_seconds=2.0, grace_seconds=1.0, task_poll_seconds=2.0,
+        federation="test",
+        listen="127.0.0.1:0",
+        database_url=db_url,
+        data_dir=tmp_path / "coord",
+        model=model_dir,
+        labels=",".join(synthetic.LABELS),
+        rounds=2,
+        min_workers=3,
+        min_updates=3,
+        round_timeout=60,
+        worker_tokens=TOKENS,
+        batch_size=16,
+        learning_rate=1e-3,
+        max_seq_len=32,
+        max_steps=4,
+        linger_seconds=2.0,
+        grace_seconds=1.0,
+        task_poll_seconds=2.0,
     )
     values.update(overrides)
     return CoordinatorSettings.load(values)
@@ -80,8 +96,17 @@ def coordinator_settings(tmp_path: Path, db_url: str, model_dir: Path, **overrid
 
 def make_model(path: Path) -> Path:
     train, _ = synthetic.generate_splits(400, 10, seed=1)
-    return make_tiny_model_dir(path, [e.text for e in train], synthetic.LABELS, seed=0, hidden_size=32,
-                               num_layers=1, num_heads=2, vocab_size=600, max_len=32)
+    return make_tiny_model_dir(
+        path,
+        [e.text for e in train],
+        synthetic.LABELS,
+        seed=0,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=600,
+        max_len=32,
+    )
 
 
 def make_worker_data(root: Path, num_workers: int, per_worker: int = 60, seed: int = 0) -> list[Path]:

@@ -11,8 +11,11 @@ from worker.settings import WorkerSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("worker", help="run a worker that trains on local data",
-                       description="Join a federation, train on local data each round, send weight deltas.")
+    p = sub.add_parser(
+        "worker",
+        help="run a worker that trains on local data",
+        description="Join a federation, train on local data each round, send weight deltas.",
+    )
     WorkerSettings.add_arguments(p)
     p.set_defaults(func=main)
 

@@ -15,7 +15,11 @@ from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
 log = logging.getLogger("strata.worker")
 T = TypeVar("T")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 << 20),
     ("grpc.max_send_message_length", 8 << 20),
@@ -35,7 +39,9 @@ def backoff_delays(base: float = 0.25, cap: float = 10.0, seed: int | None = Non
 
 
 class CoordinatorClient:
-    def __init__(self, address: str, token: str, connect_timeout: float = 120.0, max_backoff: float = 10.0) -> None:
+    def __init__(
+        self, address: str, token: str, connect_timeout: float = 120.0, max_backoff: float = 10.0
+    ) -> None:
         self.address = address
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.connect_timeout = connect_timeout
@@ -58,7 +64,9 @@ class CoordinatorClient:
                 if code not in RETRYABLE or time.monotonic() >= give_up:
                     raise
                 wait = min(next(delays), max(0.0, give_up - time.monotonic()))
-                log.info("%s: coordinator %s unavailable (%s); retrying in %.1fs", what, self.address, code, wait)
+                log.info(
+                    "%s: coordinator %s unavailable (%s); retrying in %.1fs", what, self.address, code, wait
+                )
                 time.sleep(wait)
 
     def join(self, req: pb.JoinRequest) -> pb.JoinReply:
@@ -66,7 +74,9 @@ class CoordinatorClient:
 
     def get_task(self, worker_id: str, wait_seconds: int) -> pb.Task:
         req = pb.TaskRequest(worker_id=worker_id, wait_seconds=wait_seconds)
-        return self.call(lambda: self.stub.GetTask(req, metadata=self.metadata, timeout=wait_seconds + 30), "task")
+        return self.call(
+            lambda: self.stub.GetTask(req, metadata=self.metadata, timeout=wait_seconds + 30), "task"
+        )
 
     def pull(self, req: pb.PullRequest) -> Iterator[pb.ModelChunk]:
         return self.stub.PullModel(req, metadata=self.metadata, timeout=3600)

@@ -73,19 +73,32 @@ def load_local_data(settings: WorkerSettings) -> tuple[LocalData, list[str] | No
 def check_labels(data: LocalData, local_labels: list[str] | None, federation_labels: list[str]) -> None:
     """Refuse local data whose classes do not match the federation's."""
     if local_labels is not None and local_labels != federation_labels:
-        raise WorkerError(f"local labels {local_labels} differ from the federation's labels {federation_labels}")
+        raise WorkerError(
+            f"local labels {local_labels} differ from the federation's labels {federation_labels}"
+        )
     top = max(ex.label for ex in data.train + data.eval)
     if top >= len(federation_labels):
-        raise WorkerError(f"label {top} is out of range for the federation's {len(federation_labels)} classes")
+        raise WorkerError(
+            f"label {top} is out of range for the federation's {len(federation_labels)} classes"
+        )
 
 
 def update_chunks(worker_id: str, task: RoundTask, result: TrainResult) -> Iterator[pb.UpdateChunk]:
     """The update as a stream: header, then one frame per tensor in ≤1 MiB pieces, then the end marker."""
-    yield pb.UpdateChunk(header=pb.UpdateHeader(
-        worker_id=worker_id, round=task.round, base_version=task.model_version, base_hash=task.model_hash,
-        num_samples=result.num_samples, train_loss=result.loss, train_accuracy=result.accuracy,
-        train_seconds=result.seconds, num_steps=result.num_steps, num_tensors=len(result.delta),
-    ))
+    yield pb.UpdateChunk(
+        header=pb.UpdateHeader(
+            worker_id=worker_id,
+            round=task.round,
+            base_version=task.model_version,
+            base_hash=task.model_hash,
+            num_samples=result.num_samples,
+            train_loss=result.loss,
+            train_accuracy=result.accuracy,
+            train_seconds=result.seconds,
+            num_steps=result.num_steps,
+            num_tensors=len(result.delta),
+        )
+    )
     for name in sorted(result.delta):
         header, payload = encode_tensor(name, result.delta[name], task.encoding)
         yield pb.UpdateChunk(tensor=header)
@@ -97,11 +110,17 @@ def update_chunks(worker_id: str, task: RoundTask, result: TrainResult) -> Itera
 class Worker:
     """One organisation's worker. `run()` returns when the federation is done."""
 
-    def __init__(self, settings: WorkerSettings, on_update: Callable[[RoundTask, TrainResult], None] | None = None) -> None:
+    def __init__(
+        self, settings: WorkerSettings, on_update: Callable[[RoundTask, TrainResult], None] | None = None
+    ) -> None:
         self.s = settings
         self.device = pick_device(settings.device)
-        self.client = CoordinatorClient(settings.coordinator, settings.token.get_secret_value(),
-                                        settings.connect_timeout, settings.max_backoff)
+        self.client = CoordinatorClient(
+            settings.coordinator,
+            settings.token.get_secret_value(),
+            settings.connect_timeout,
+            settings.max_backoff,
+        )
         self.on_update = on_update
         self.model = None
         self.tokenizer = None
@@ -119,13 +138,26 @@ class Worker:
     def join(self) -> None:
         if self.data is None:
             self.data, self.local_labels = load_local_data(self.s)
-        reply = self.client.join(pb.JoinRequest(name=self.s.name, num_samples=len(self.data.train),
-                                                num_eval_samples=len(self.data.eval), device=self.device, version=__version__))
+        reply = self.client.join(
+            pb.JoinRequest(
+                name=self.s.name,
+                num_samples=len(self.data.train),
+                num_eval_samples=len(self.data.eval),
+                device=self.device,
+                version=__version__,
+            )
+        )
         check_labels(self.data, self.local_labels, list(reply.labels))
         self.worker_id = reply.worker_id
         self.federation = reply.federation
-        log.info("%s joined federation %s: %d training / %d held-out examples on %s", self.s.name, reply.federation,
-                 len(self.data.train), len(self.data.eval), self.device)
+        log.info(
+            "%s joined federation %s: %d training / %d held-out examples on %s",
+            self.s.name,
+            reply.federation,
+            len(self.data.train),
+            len(self.data.eval),
+            self.device,
+        )
 
     def run(self) -> int:
         """Serve rounds until DONE; returns the number of rounds this worker trained in."""
@@ -151,8 +183,16 @@ class Worker:
         self.max_seq_len = task.config.max_seq_len
         self.evaluate_version(task.round)
         assert self.data is not None
-        result = train(self.model, self.tokenizer, self.data.train, task.config, task.round,  # type: ignore[arg-type]
-                       device=self.device, progress=self.s.progress, label=f"{self.s.name} round {task.round}")
+        result = train(
+            self.model,
+            self.tokenizer,
+            self.data.train,
+            task.config,
+            task.round,  # type: ignore[arg-type]
+            device=self.device,
+            progress=self.s.progress,
+            label=f"{self.s.name} round {task.round}",
+        )
         if self.on_update is not None:
             self.on_update(task, result)
         timeout = max(30.0, task.deadline_unix - time.time() + 30.0)
@@ -164,8 +204,14 @@ class Worker:
                 return
             raise
         self.rounds_done += 1
-        log.info("round %d: sent %d bytes (%.1fx smaller than raw), loss %.4f, %.1fs training", task.round,
-                 reply.received_bytes, reply.raw_bytes / max(reply.received_bytes, 1), result.loss, result.seconds)
+        log.info(
+            "round %d: sent %d bytes (%.1fx smaller than raw), loss %.4f, %.1fs training",
+            task.round,
+            reply.received_bytes,
+            reply.raw_bytes / max(reply.received_bytes, 1),
+            result.loss,
+            result.seconds,
+        )
 
     def ensure_version(self, version: int, expected_hash: str) -> None:
         """Pull the version if we do not hold it; check the content hash of what we hold."""
@@ -179,8 +225,14 @@ class Worker:
                 continue
             if self.version == version and self.hash == expected_hash:
                 return
-            log.warning("pulled version %d (%s), task wants %d (%s); attempt %d", self.version, self.hash[:12], version,
-                        expected_hash[:12], attempt + 1)
+            log.warning(
+                "pulled version %d (%s), task wants %d (%s); attempt %d",
+                self.version,
+                self.hash[:12],
+                version,
+                expected_hash[:12],
+                attempt + 1,
+            )
         raise WorkerError(f"could not obtain model version {version} with hash {expected_hash[:12]}")
 
     def _pull(self, include_assets: bool) -> None:
@@ -220,17 +272,34 @@ class Worker:
         self.version = header.version
         self.hash = model_hash(global_tensors(self.model))
         if self.hash != header.model_hash:
-            raise InvalidInput(f"model hash after download {self.hash[:12]} differs from the announced {header.model_hash[:12]}")
+            raise InvalidInput(
+                f"model hash after download {self.hash[:12]} differs from the announced {header.model_hash[:12]}"
+            )
 
     def evaluate_version(self, round_number: int) -> None:
         assert self.data is not None
         if not self.data.eval or self.version in self.evaluated:
             return
-        loss, acc = evaluate(self.model, self.tokenizer, self.data.eval, max_len=self.max_seq_len, batch_size=self.s.eval_batch_size,  # type: ignore[arg-type]
-                             device=self.device)
+        loss, acc = evaluate(
+            self.model,
+            self.tokenizer,
+            self.data.eval,
+            max_len=self.max_seq_len,
+            batch_size=self.s.eval_batch_size,  # type: ignore[arg-type]
+            device=self.device,
+        )
         self.evaluated.add(self.version)
-        self.client.report(pb.MetricsReport(worker_id=self.worker_id, round=round_number, model_version=self.version,
-                                            split="local-test", num_samples=len(self.data.eval), loss=loss, accuracy=acc))
+        self.client.report(
+            pb.MetricsReport(
+                worker_id=self.worker_id,
+                round=round_number,
+                model_version=self.version,
+                split="local-test",
+                num_samples=len(self.data.eval),
+                loss=loss,
+                accuracy=acc,
+            )
+        )
 
 
 def run(settings: WorkerSettings) -> int:
@@ -239,4 +308,3 @@ def run(settings: WorkerSettings) -> int:
         return worker.run()
     finally:
         worker.close()
-

@@ -57,7 +57,10 @@ def train(
         for batch in batches(examples, config.batch_size, order):
             if step >= total:
                 break
-            enc = {k: v.to(device) for k, v in encode_batch(tokenizer, [e.text for e in batch], config.max_seq_len).items()}
+            enc = {
+                k: v.to(device)
+                for k, v in encode_batch(tokenizer, [e.text for e in batch], config.max_seq_len).items()
+            }
             labels = torch.tensor([e.label for e in batch], device=device)
             with autocast(device):
                 out = model(**enc, labels=labels)
@@ -72,6 +75,17 @@ def train(
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     bar.close()
     model.eval()
-    delta = {name: t.detach().to("cpu", torch.float32) - base[name] for name, t in global_tensors(model).items()}
-    load_tensors(model, base)  # back to exactly the version we were given: the model always holds a global version
-    return TrainResult(delta, len(examples), step, loss_sum / max(seen, 1), correct / max(seen, 1), time.monotonic() - started)
+    delta = {
+        name: t.detach().to("cpu", torch.float32) - base[name] for name, t in global_tensors(model).items()
+    }
+    load_tensors(
+        model, base
+    )  # back to exactly the version we were given: the model always holds a global version
+    return TrainResult(
+        delta,
+        len(examples),
+        step,
+        loss_sum / max(seen, 1),
+        correct / max(seen, 1),
+        time.monotonic() - started,
+    )

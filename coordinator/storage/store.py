@@ -51,7 +51,9 @@ class Store:
 
     def update_federation(self, federation_id: int, **fields: Any) -> None:
         with self.sessions.begin() as s:
-            s.execute(update(Federation).where(Federation.id == federation_id).values(updated_at=utcnow(), **fields))
+            s.execute(
+                update(Federation).where(Federation.id == federation_id).values(updated_at=utcnow(), **fields)
+            )
 
     def federation(self, federation_id: int) -> Federation:
         with self.sessions() as s:
@@ -65,7 +67,13 @@ class Store:
         with self.sessions.begin() as s:
             w = s.scalar(select(Worker).where(Worker.federation_id == federation_id, Worker.name == name))
             if w is None:
-                w = Worker(federation_id=federation_id, name=name, uid=str(uuid.uuid4()), token_hash=hash_token(token), **fields)
+                w = Worker(
+                    federation_id=federation_id,
+                    name=name,
+                    uid=str(uuid.uuid4()),
+                    token_hash=hash_token(token),
+                    **fields,
+                )
                 s.add(w)
             else:
                 if w.token_hash != hash_token(token):
@@ -85,18 +93,39 @@ class Store:
                 s.execute(update(Worker).where(Worker.id == wid).values(last_seen=when))
 
     # rounds
-    def open_round(self, federation_id: int, number: int, base_version: int, base_hash: str, participants: list[str],
-                   min_updates: int, deadline_at: dt.datetime) -> int:
+    def open_round(
+        self,
+        federation_id: int,
+        number: int,
+        base_version: int,
+        base_hash: str,
+        participants: list[str],
+        min_updates: int,
+        deadline_at: dt.datetime,
+    ) -> int:
         with self.sessions.begin() as s:
-            r = Round(federation_id=federation_id, number=number, base_version=base_version, base_hash=base_hash,
-                      participants=participants, min_updates=min_updates, deadline_at=deadline_at, state=RoundState.OPEN.value)
+            r = Round(
+                federation_id=federation_id,
+                number=number,
+                base_version=base_version,
+                base_hash=base_hash,
+                participants=participants,
+                min_updates=min_updates,
+                deadline_at=deadline_at,
+                state=RoundState.OPEN.value,
+            )
             s.add(r)
-            s.execute(update(Federation).where(Federation.id == federation_id)
-                      .values(current_round=number, state=FederationState.RUNNING.value, updated_at=utcnow()))
+            s.execute(
+                update(Federation)
+                .where(Federation.id == federation_id)
+                .values(current_round=number, state=FederationState.RUNNING.value, updated_at=utcnow())
+            )
             s.flush()
             return r.id
 
-    def close_round(self, round_id: int, state: RoundState, federation_fields: dict[str, Any] | None = None, **fields: Any) -> None:
+    def close_round(
+        self, round_id: int, state: RoundState, federation_fields: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
         """Close a round and, in the same transaction, advance the federation (version, hash)."""
         with self.sessions.begin() as s:
             r = s.get(Round, round_id)
@@ -106,7 +135,11 @@ class Store:
             for k, v in fields.items():
                 setattr(r, k, v)
             if federation_fields:
-                s.execute(update(Federation).where(Federation.id == r.federation_id).values(updated_at=utcnow(), **federation_fields))
+                s.execute(
+                    update(Federation)
+                    .where(Federation.id == r.federation_id)
+                    .values(updated_at=utcnow(), **federation_fields)
+                )
 
     def set_round_fields(self, round_id: int, **fields: Any) -> None:
         with self.sessions.begin() as s:
@@ -114,28 +147,51 @@ class Store:
 
     def fail_open_rounds(self, federation_id: int, reason: str) -> int:
         with self.sessions.begin() as s:
-            res = s.execute(update(Round).where(Round.federation_id == federation_id,
-                                                Round.state.in_([RoundState.OPEN.value, RoundState.AGGREGATING.value]))
-                            .values(state=RoundState.FAILED.value, error=reason, closed_at=utcnow()))
+            res = s.execute(
+                update(Round)
+                .where(
+                    Round.federation_id == federation_id,
+                    Round.state.in_([RoundState.OPEN.value, RoundState.AGGREGATING.value]),
+                )
+                .values(state=RoundState.FAILED.value, error=reason, closed_at=utcnow())
+            )
             return res.rowcount or 0
 
     def last_round_number(self, federation_id: int) -> int:
         with self.sessions() as s:
-            return s.scalar(select(Round.number).where(Round.federation_id == federation_id).order_by(Round.number.desc()).limit(1)) or 0
+            return (
+                s.scalar(
+                    select(Round.number)
+                    .where(Round.federation_id == federation_id)
+                    .order_by(Round.number.desc())
+                    .limit(1)
+                )
+                or 0
+            )
 
     def completed_rounds(self, federation_id: int) -> int:
         with self.sessions() as s:
-            rows = s.scalars(select(Round.id).where(Round.federation_id == federation_id, Round.state == RoundState.COMPLETED.value))
+            rows = s.scalars(
+                select(Round.id).where(
+                    Round.federation_id == federation_id, Round.state == RoundState.COMPLETED.value
+                )
+            )
             return len(list(rows))
 
     def rounds(self, federation_id: int) -> list[Round]:
         with self.sessions() as s:
-            return list(s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number)))
+            return list(
+                s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number))
+            )
 
     # updates and evaluations
-    def record_update(self, round_id: int, worker_id: int, status: UpdateStatus, reason: str | None = None, **fields: Any) -> int:
+    def record_update(
+        self, round_id: int, worker_id: int, status: UpdateStatus, reason: str | None = None, **fields: Any
+    ) -> int:
         with self.sessions.begin() as s:
-            u = Update(round_id=round_id, worker_id=worker_id, status=status.value, reject_reason=reason, **fields)
+            u = Update(
+                round_id=round_id, worker_id=worker_id, status=status.value, reject_reason=reason, **fields
+            )
             s.add(u)
             s.flush()
             return u.id

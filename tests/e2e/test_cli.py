@@ -13,8 +13,12 @@ import pytest
 STRATA = [sys.executable, "-m", "strata.cli"]
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STRATA, *args], capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}))
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STRATA, *args], capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {})
+    )
 
 
 @pytest.mark.parametrize("command", ["coordinator", "migrate", "worker", "dashboard", "demo"])
@@ -38,15 +42,34 @@ def test_bad_env_setting_is_reported_with_its_name() -> None:
 
 
 def test_coordinator_without_model_fails_cleanly(tmp_path: Path) -> None:
-    res = run("coordinator", "--database-url", f"sqlite:///{tmp_path}/x.db", "--data-dir", str(tmp_path),
-              "--worker-tokens", "abcdefgh12")
+    res = run(
+        "coordinator",
+        "--database-url",
+        f"sqlite:///{tmp_path}/x.db",
+        "--data-dir",
+        str(tmp_path),
+        "--worker-tokens",
+        "abcdefgh12",
+    )
     assert res.returncode == 1 and "model" in res.stderr
 
 
 @pytest.mark.e2e
 def test_demo_runs_a_federation_and_prints_the_table(tmp_path: Path) -> None:
-    res = run("demo", "--workers", "2", "--rounds", "2", "--train-examples", "400", "--test-examples", "100",
-              "--workdir", str(tmp_path / "demo"), timeout=400)
+    res = run(
+        "demo",
+        "--workers",
+        "2",
+        "--rounds",
+        "2",
+        "--train-examples",
+        "400",
+        "--test-examples",
+        "100",
+        "--workdir",
+        str(tmp_path / "demo"),
+        timeout=400,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
     assert re.search(r"^round 1/2 +test acc 0\.\d{4}", out, re.M), out
@@ -62,10 +85,29 @@ def test_coordinator_shuts_down_gracefully_on_sigterm(tmp_path: Path, tiny_model
     import time
 
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([*STRATA, "coordinator", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-                             "--database-url", f"sqlite:///{tmp_path}/c.db", "--data-dir", str(tmp_path / "d"),
-                             "--model", str(tiny_model), "--labels", "a,b,c,d", "--worker-tokens", "abcdefgh12"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            *STRATA,
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--database-url",
+            f"sqlite:///{tmp_path}/c.db",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--model",
+            str(tiny_model),
+            "--labels",
+            "a,b,c,d",
+            "--worker-tokens",
+            "abcdefgh12",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not port_file.is_file() and time.monotonic() < deadline and proc.poll() is None:

@@ -56,8 +56,11 @@ def zero_delta(tiny_model: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def served(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[ServedCoordinator, str]]:
     db = f"sqlite:///{tmp_path / 'bad.db'}"
-    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=1, min_updates=1,
-                                                   round_timeout=60))
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path, db, tiny_model, rounds=1, min_workers=1, min_updates=1, round_timeout=60
+        )
+    )
     yield coord, db
     coord.stop()
 
@@ -77,10 +80,14 @@ def test_missing_or_unknown_token_is_unauthenticated_and_health_and_reflection_a
         with pytest.raises(grpc.RpcError) as err:
             list(stub.PullModel(pb.PullRequest(worker_id="x"), metadata=auth("nope-nope-nope")))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="strata.v1.Coordinator"))
+        health = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="strata.v1.Coordinator")
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        (reply,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        (reply,) = list(
+            refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
         names = {s.name for s in reply.list_services_response.service}
         assert "strata.v1.Coordinator" in names
 
@@ -96,7 +103,9 @@ def test_a_token_cannot_act_for_another_workers_id(served) -> None:  # type: ign
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_wrong_round_or_base_is_refused_without_changing_anything_then_a_good_update_lands(served, zero_delta) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_round_or_base_is_refused_without_changing_anything_then_a_good_update_lands(
+    served, zero_delta
+) -> None:  # type: ignore[no-untyped-def]
     coord, db = served
     c = Client(coord.address, TOKENS[0], "org-a")
     task = task_from_proto(c.task())
@@ -183,10 +192,15 @@ def test_a_stream_cut_off_midway_is_discarded_whole(served, zero_delta) -> None:
     store.close()
 
 
-def test_a_vanished_worker_does_not_stall_the_round_past_its_deadline(tmp_path: Path, tiny_model: Path, zero_delta) -> None:  # type: ignore[no-untyped-def]
+def test_a_vanished_worker_does_not_stall_the_round_past_its_deadline(
+    tmp_path: Path, tiny_model: Path, zero_delta
+) -> None:  # type: ignore[no-untyped-def]
     db = f"sqlite:///{tmp_path / 'v.db'}"
-    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=1,
-                                                   round_timeout=3))
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=1, round_timeout=3
+        )
+    )
     try:
         present = Client(coord.address, TOKENS[0], "present")
         vanished = Client(coord.address, TOKENS[1], "vanished")
@@ -206,8 +220,18 @@ def test_a_vanished_worker_does_not_stall_the_round_past_its_deadline(tmp_path: 
 
 def test_a_round_below_its_quorum_fails_visibly(tmp_path: Path, tiny_model: Path) -> None:
     db = f"sqlite:///{tmp_path / 'q.db'}"
-    coord = ServedCoordinator(coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=1, min_updates=1,
-                                                   round_timeout=1, max_failed_rounds=2))
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path,
+            db,
+            tiny_model,
+            rounds=1,
+            min_workers=1,
+            min_updates=1,
+            round_timeout=1,
+            max_failed_rounds=2,
+        )
+    )
     try:
         c = Client(coord.address, TOKENS[0], "silent")
         c.task()

@@ -22,7 +22,9 @@ from worker.settings import WorkerSettings
 from worker.trainer import TrainResult
 
 
-def run_workers(address: str, data_dirs: list[Path], tmp_path: Path) -> dict[str, list[tuple[RoundTask, TrainResult]]]:
+def run_workers(
+    address: str, data_dirs: list[Path], tmp_path: Path
+) -> dict[str, list[tuple[RoundTask, TrainResult]]]:
     """Run one in-process Worker per data folder until DONE; return what each one sent, per round."""
     sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {}
     errors: list[BaseException] = []
@@ -30,8 +32,19 @@ def run_workers(address: str, data_dirs: list[Path], tmp_path: Path) -> dict[str
     def run(k: int, d: Path) -> None:
         name = f"org-{k + 1}"
         sent[name] = []
-        s = WorkerSettings.load(dict(coordinator=address, token=TOKENS[k], name=name, data=d, cache_dir=tmp_path / name,
-                                     device="cpu", progress=False, poll_seconds=2, connect_timeout=30))
+        s = WorkerSettings.load(
+            dict(
+                coordinator=address,
+                token=TOKENS[k],
+                name=name,
+                data=d,
+                cache_dir=tmp_path / name,
+                device="cpu",
+                progress=False,
+                poll_seconds=2,
+                connect_timeout=30,
+            )
+        )
         w = Worker(s, on_update=lambda task, result: sent[name].append((task, result)))
         try:
             w.run()
@@ -50,7 +63,9 @@ def run_workers(address: str, data_dirs: list[Path], tmp_path: Path) -> dict[str
     return sent
 
 
-def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(tmp_path: Path, db_url: str, tiny_model: Path) -> None:
+def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(
+    tmp_path: Path, db_url: str, tiny_model: Path
+) -> None:
     settings = coordinator_settings(tmp_path, db_url, tiny_model, rounds=2)
     coord = ServedCoordinator(settings)
     sent = run_workers(coord.address, make_worker_data(tmp_path / "data", 3), tmp_path)
@@ -76,7 +91,9 @@ def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(tmp_path: Path
         assert fed.model_hash == model_hash(versions[2])
         rounds = list(s.scalars(select(Round).where(Round.federation_id == fed.id).order_by(Round.number)))
         assert [(r.number, r.state, r.base_version, r.result_version, r.num_updates) for r in rounds] == [
-            (1, "completed", 0, 1, 3), (2, "completed", 1, 2, 3)]
+            (1, "completed", 0, 1, 3),
+            (2, "completed", 1, 2, 3),
+        ]
         assert rounds[1].base_hash == model_hash(versions[1])
         for r in rounds:
             ups = list(s.scalars(select(Update).where(Update.round_id == r.id)))
@@ -94,7 +111,12 @@ def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(tmp_path: Path
 
     api = TestClient(create_app(db_url))
     status = api.get("/api/v1/federations/test").json()
-    assert (status["state"], status["current_round"], status["model_version"], status["workers_total"]) == ("completed", 2, 2, 3)
+    assert (status["state"], status["current_round"], status["model_version"], status["workers_total"]) == (
+        "completed",
+        2,
+        2,
+        3,
+    )
     page = api.get("/api/v1/federations/test/rounds").json()
     assert [r["state"] for r in page["items"]] == ["completed", "completed"]
     detail = api.get("/api/v1/federations/test/rounds/2").json()
@@ -104,15 +126,18 @@ def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(tmp_path: Path
 
 
 @pytest.mark.parametrize("eval_data", [True])
-def test_coordinator_evaluates_each_version_on_its_held_out_set(tmp_path: Path, tiny_model: Path, eval_data: bool) -> None:
+def test_coordinator_evaluates_each_version_on_its_held_out_set(
+    tmp_path: Path, tiny_model: Path, eval_data: bool
+) -> None:
     from strata import synthetic
     from strata.data import write_examples
 
     _, test = synthetic.generate_splits(10, 40, seed=5)
     write_examples(tmp_path / "test.jsonl", test)
     db = f"sqlite:///{tmp_path / 'e.db'}"
-    settings = coordinator_settings(tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=2,
-                                    eval_data=tmp_path / "test.jsonl")
+    settings = coordinator_settings(
+        tmp_path, db, tiny_model, rounds=1, min_workers=2, min_updates=2, eval_data=tmp_path / "test.jsonl"
+    )
     coord = ServedCoordinator(settings)
     run_workers(coord.address, make_worker_data(tmp_path / "data", 2), tmp_path)
     coord.wait()

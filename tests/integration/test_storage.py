@@ -38,8 +38,13 @@ def test_store_records_a_round_and_its_updates(db_url: str) -> None:
     rid = store.open_round(fed.id, 1, 0, "h0", ["org-1"], 1, deadline)
     store.record_update(rid, w.id, UpdateStatus.REJECTED, "bad frame", base_version=0, num_samples=10)
     store.record_update(rid, w.id, UpdateStatus.ACCEPTED, base_version=0, num_samples=10, bytes=123)
-    store.close_round(rid, RoundState.COMPLETED, federation_fields=dict(model_version=1, model_hash="h1"),
-                      result_version=1, num_updates=1)
+    store.close_round(
+        rid,
+        RoundState.COMPLETED,
+        federation_fields=dict(model_version=1, model_hash="h1"),
+        result_version=1,
+        num_updates=1,
+    )
     (r,) = store.rounds(fed.id)
     assert (r.state, r.result_version, r.participants) == ("completed", 1, ["org-1"])
     assert [u.status for u in store.updates(rid)] == ["rejected", "accepted"]

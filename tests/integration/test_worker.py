@@ -29,19 +29,41 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
     assert first[0] <= 0.5 and max(first[5:]) > 0.5  # later attempts may wait longer
 
 
-def test_a_worker_started_before_its_coordinator_connects_when_it_comes_up(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_worker_started_before_its_coordinator_connects_when_it_comes_up(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     port = _free_port()
     (data,) = make_worker_data(tmp_path / "data", 1)
-    settings = WorkerSettings.load(dict(coordinator=f"127.0.0.1:{port}", token=TOKENS[0], name="early", data=data,
-                                        cache_dir=tmp_path / "cache", device="cpu", progress=False, poll_seconds=2,
-                                        connect_timeout=60, max_backoff=1.0))
+    settings = WorkerSettings.load(
+        dict(
+            coordinator=f"127.0.0.1:{port}",
+            token=TOKENS[0],
+            name="early",
+            data=data,
+            cache_dir=tmp_path / "cache",
+            device="cpu",
+            progress=False,
+            poll_seconds=2,
+            connect_timeout=60,
+            max_backoff=1.0,
+        )
+    )
     done: list[int] = []
     worker = Worker(settings)
     t = threading.Thread(target=lambda: done.append(worker.run()))
     t.start()
     time.sleep(1.5)  # the worker is retrying against a closed port meanwhile
-    coord = ServedCoordinator(coordinator_settings(tmp_path, f"sqlite:///{tmp_path / 'w.db'}", tiny_model,
-                                                   listen=f"127.0.0.1:{port}", rounds=1, min_workers=1, min_updates=1))
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'w.db'}",
+            tiny_model,
+            listen=f"127.0.0.1:{port}",
+            rounds=1,
+            min_workers=1,
+            min_updates=1,
+        )
+    )
     coord.wait(120)
     t.join(60)
     worker.close()
@@ -74,4 +96,6 @@ def test_update_stream_is_header_frames_end(tmp_path: Path) -> None:
     task = RoundTask(1, 0, "h", 0.0, TrainingConfig(), "fp32", 1)
     parts = [c.WhichOneof("part") for c in update_chunks("w", task, TrainResult(delta, 5, 1, 0.1, 0.9, 0.2))]
     assert parts[0] == "header" and parts[-1] == "end"
-    assert parts.count("tensor") == 2 and parts.count("data") >= 3  # 2.4 MB of noise needs several ≤1 MiB pieces
+    assert (
+        parts.count("tensor") == 2 and parts.count("data") >= 3
+    )  # 2.4 MB of noise needs several ≤1 MiB pieces
