@@ -72,7 +72,7 @@ class CoordinatorSettings(StrataSettings):
     weight_decay: float = Field(0.0, ge=0, description="Local AdamW weight decay")
     max_seq_len: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation length)")
     encoding: str = Field("fp32", description=f"Update encoding: {', '.join(ENCODINGS)}")
-    seed: int = Field(0, description="Seed for the initial head, participant choice and local shuffles")
+    seed: int = Field(0, ge=0, description="Seed for the initial head, participant choice and local shuffles")
     worker_timeout: float = Field(
         60.0, gt=0, description="A worker not heard from for this many seconds is offline"
     )
@@ -99,10 +99,18 @@ class CoordinatorSettings(StrataSettings):
             raise ValueError(f"unknown encoding {v!r}; valid: {', '.join(ENCODINGS)}")
         return v
 
+    @field_validator("worker_tokens")
+    @classmethod
+    def _check_tokens(cls, v: list[str]) -> list[str]:
+        if any(len(t) < 8 for t in v):
+            raise ValueError("worker tokens must be at least 8 characters")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> CoordinatorSettings:
         if self.workers_per_round and self.min_updates > self.workers_per_round:
-            raise ValueError("min_updates cannot exceed workers_per_round")
-        if any(len(t) < 8 for t in self.worker_tokens):
-            raise ValueError("worker tokens must be at least 8 characters")
+            raise ValueError(
+                f"min_updates ({self.min_updates}) cannot exceed workers_per_round ({self.workers_per_round}); "
+                "see --min-updates / STRATA_COORDINATOR_MIN_UPDATES"
+            )
         return self

@@ -44,7 +44,7 @@ def encode_tensor(
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     t = tensor.detach().to("cpu", torch.float32).contiguous()
-    payload = zstandard.ZstdCompressor(level=level).compress(memoryview(t.numpy()).cast("B"))
+    payload = zstandard.ZstdCompressor(level=level).compress(memoryview(t.numpy().reshape(-1)).cast("B"))
     header = tensor_pb2.TensorHeader(
         name=name,
         shape=list(t.shape),
@@ -75,7 +75,7 @@ def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] 
         raise InvalidInput(f"{name}: unsupported dtype {header.dtype!r}")
     shape = tuple(int(d) for d in header.shape)
     numel = math.prod(shape) if shape else 1
-    if numel > MAX_ELEMENTS:
+    if numel > MAX_ELEMENTS or any(d > MAX_ELEMENTS for d in shape) or len(shape) > 8:
         raise InvalidInput(f"{name}: shape {shape} is absurdly large")
     if expected is not None:
         want = expected.get(name)
@@ -104,17 +104,25 @@ def decode_tensor(
         raise InvalidInput(f"{name}: payload has {len(payload)} bytes, header says {header.payload_bytes}")
     if zlib.crc32(payload) != header.crc32:
         raise InvalidInput(f"{name}: checksum mismatch")
+    raw = _decompress_bounded(name, payload, raw_bytes)
+    shape = tuple(int(d) for d in header.shape)
+    values = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).reshape(shape).to(DTYPES[header.dtype])
+    # check after the cast: a finite fp32 value can overflow a 16-bit dtype
+    if not bool(torch.isfinite(values).all()):
+        raise InvalidInput(f"{name}: contains NaN or Inf")
+    return values
+
+
+def _decompress_bounded(name: str, payload: bytes, raw_bytes: int) -> bytes:
+    """Decompress at most raw_bytes + 1 bytes, whatever the frame claims: a zstd bomb never expands."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
+        reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
+        raw = reader.read(raw_bytes + 1) if raw_bytes else reader.read(1)
     except zstandard.ZstdError as exc:
         raise InvalidInput(f"{name}: corrupt payload ({exc})") from None
     if len(raw) != raw_bytes:
-        raise InvalidInput(f"{name}: payload decodes to {len(raw)} bytes, shape needs {raw_bytes}")
-    shape = tuple(int(d) for d in header.shape)
-    values = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).reshape(shape)
-    if not bool(torch.isfinite(values).all()):
-        raise InvalidInput(f"{name}: contains NaN or Inf")
-    return values.to(DTYPES[header.dtype])
+        raise InvalidInput(f"{name}: payload decodes to {'more than ' if len(raw) > raw_bytes else ''}{len(raw)} bytes, shape needs {raw_bytes}")
+    return raw
 
 
 def pieces(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -162,7 +170,7 @@ class FrameAssembler:
         return self._complete() if self._need == 0 else None
 
     def file(self, header: pb.FileHeader) -> tuple[str, bytes] | None:
-        if not _FILE_NAME.match(header.name) or header.name.startswith("."):
+        if not _FILE_NAME.fullmatch(header.name) or header.name.startswith("."):
             raise InvalidInput(f"file name {header.name!r} is not a plain file name")
         if header.size > self.max_file_bytes:
             raise InvalidInput(f"{header.name}: file of {header.size} bytes exceeds the limit")

@@ -32,8 +32,11 @@ class _TomlTable(PydanticBaseSettingsSource):
         path = _CONFIG_FILE.get()
         self._values: dict[str, Any] = {}
         if path is not None:
-            with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
+            try:
+                with open(path, "rb") as fh:
+                    doc = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"{path}: not valid TOML ({exc})") from None
             section = doc.get(table, {})
             if not isinstance(section, dict):
                 raise SettingsError(f"{path}: [{table}] must be a table")
@@ -78,6 +81,9 @@ class StrataSettings(BaseSettings):
             lines = []
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"])
+                if not field:  # a check across several settings names them in its message
+                    lines.append(f"  {err['msg']}")
+                    continue
                 lines.append(
                     f"  {field} (--{field.replace('_', '-')} / {prefix}{field.upper()}): {err['msg']}"
                 )
