@@ -1,4 +1,4 @@
-"""`strata coordinator`: run the coordinator of one federation."""
+"""`strata coordinator` (run a federation's coordinator) and `strata migrate` (create the schema)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from coordinator.settings import CoordinatorSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    CoordinatorSettings.add_command(
+        sub,
         "coordinator",
         help="run the gRPC coordinator of a federation",
         description="Run the gRPC coordinator: schedules rounds, receives updates, aggregates.",
+        run=serve,
     )
-    CoordinatorSettings.add_arguments(p)
-    p.set_defaults(func=main)
     m = sub.add_parser(
         "migrate",
         help="create or upgrade the coordinator's database schema",
@@ -25,11 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.add_argument(
         "--config", metavar="FILE", help="TOML config file; reads database_url from its [coordinator] table"
     )
-    m.set_defaults(func=migrate_main)
+    m.set_defaults(func=migrate)
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = CoordinatorSettings.from_args(args)
+def serve(settings: CoordinatorSettings) -> int:
     from coordinator.server import run
 
     try:
@@ -40,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def migrate_main(args: argparse.Namespace) -> int:
+def migrate(args: argparse.Namespace) -> int:
     settings = CoordinatorSettings.load({"database_url": args.database_url}, args.config)
     from coordinator.storage.db import migrate
 

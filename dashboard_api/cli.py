@@ -8,18 +8,17 @@ from dashboard_api.settings import DashboardSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    DashboardSettings.add_command(
+        sub,
         "dashboard",
         help="serve federation status and metrics over REST",
         description="Serve the dashboard REST API (OpenAPI at /docs) on the coordinator's database.",
+        run=serve,
     )
-    DashboardSettings.add_arguments(p)
-    p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    s = DashboardSettings.from_args(args)
-    from dashboard_api.server import serve
+def serve(s: DashboardSettings) -> int:
+    from dashboard_api.server import serve as serve_api
 
-    serve(s.database_url, s.host, s.port, s.online_seconds, s.log_level)
+    serve_api(s.database_url, s.host, s.port, s.online_seconds, s.log_level)
     return 0

@@ -121,7 +121,9 @@ def _decompress_bounded(name: str, payload: bytes, raw_bytes: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise InvalidInput(f"{name}: corrupt payload ({exc})") from None
     if len(raw) != raw_bytes:
-        raise InvalidInput(f"{name}: payload decodes to {'more than ' if len(raw) > raw_bytes else ''}{len(raw)} bytes, shape needs {raw_bytes}")
+        raise InvalidInput(
+            f"{name}: payload decodes to {'more than ' if len(raw) > raw_bytes else ''}{len(raw)} bytes, shape needs {raw_bytes}"
+        )
     return raw
 
 

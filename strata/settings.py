@@ -11,6 +11,7 @@ import contextvars
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +108,21 @@ class StrataSettings(BaseSettings):
                 )
             else:
                 parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+    @classmethod
+    def add_command(
+        cls: type[S],
+        sub: argparse._SubParsersAction,
+        name: str,
+        help: str,
+        description: str,
+        run: Callable[[S], int],  # type: ignore[type-arg]
+    ) -> argparse.ArgumentParser:
+        """A `strata NAME` subcommand with one flag per setting; it validates them, then calls run(settings)."""
+        parser = sub.add_parser(name, help=help, description=description)
+        cls.add_arguments(parser)
+        parser.set_defaults(func=lambda args: run(cls.from_args(args)))
+        return parser
 
     @classmethod
     def from_args(cls: type[S], args: argparse.Namespace) -> S:

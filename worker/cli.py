@@ -11,17 +11,16 @@ from worker.settings import WorkerSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    WorkerSettings.add_command(
+        sub,
         "worker",
         help="run a worker that trains on local data",
         description="Join a federation, train on local data each round, send weight deltas.",
+        run=serve,
     )
-    WorkerSettings.add_arguments(p)
-    p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = WorkerSettings.from_args(args)
+def serve(settings: WorkerSettings) -> int:
     from strata.data import DataError
     from worker.runner import WorkerError, run
 
