@@ -165,18 +165,17 @@ class Worker:
         while True:
             try:
                 task_msg = self.client.get_task(self.worker_id, self.s.poll_seconds)
+                if task_msg.kind == pb.Task.DONE:
+                    log.info("%s: federation finished after %d round(s) here", self.s.name, self.rounds_done)
+                    return self.rounds_done
+                if task_msg.kind == pb.Task.TRAIN:
+                    self.run_round(task_from_proto(task_msg))
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:  # the coordinator restarted and forgot us
-                    log.info("coordinator does not know this worker any more; joining again")
-                    self.join()
-                    continue
-                raise
-            if task_msg.kind == pb.Task.DONE:
-                log.info("%s: federation finished after %d round(s) here", self.s.name, self.rounds_done)
-                return self.rounds_done
-            if task_msg.kind != pb.Task.TRAIN:
-                continue
-            self.run_round(task_from_proto(task_msg))
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                # the coordinator restarted and forgot this worker's session: join again and carry on
+                log.info("coordinator does not know this worker any more; joining again")
+                self.join()
 
     def run_round(self, task: RoundTask) -> None:
         self.ensure_version(task.model_version, task.model_hash)
@@ -196,8 +195,10 @@ class Worker:
         if self.on_update is not None:
             self.on_update(task, result)
         timeout = max(30.0, task.deadline_unix - time.time() + 30.0)
-        try:
-            reply = self.client.push(update_chunks(self.worker_id, task, result), timeout)
+        try:  # a fresh stream on every attempt: a connection lost midway is retried from the start
+            reply = self.client.call(
+                lambda: self.client.push(update_chunks(self.worker_id, task, result), timeout), "push"
+            )
         except grpc.RpcError as err:
             if err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
                 log.warning("round %d: update not taken (%s: %s)", task.round, err.code().name, err.details())

@@ -16,7 +16,7 @@ from coordinator.storage.store import Store
 from dashboard_api.app import create_app
 from strata.serde import RoundTask
 from strata.version import model_hash
-from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data
+from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, wait_until
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 from worker.trainer import TrainResult
@@ -166,4 +166,35 @@ def test_a_restarted_coordinator_resumes_from_its_last_version(tmp_path: Path, t
     store = Store(db)
     assert [(r.number, r.base_version, r.result_version) for r in store.rounds(1)] == [(1, 0, 1), (2, 1, 2)]
     assert store.federation(1).model_version == 2
+    store.close()
+
+
+def test_workers_carry_on_when_the_coordinator_is_restarted_mid_federation(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    settings = coordinator_settings(tmp_path, db, tiny_model, rounds=3, min_workers=2, min_updates=2)
+    coord = ServedCoordinator(settings)
+    port = coord.server.port
+    store = Store(db)
+    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {}
+    workers = threading.Thread(
+        target=lambda: sent.update(run_workers(coord.address, make_worker_data(tmp_path / "d", 2), tmp_path))
+    )
+    workers.start()
+    wait_until(lambda: any(r.state == "completed" for r in store.rounds(1)), timeout=120)
+    coord.stop()  # like SIGTERM: the open round (if any) is left behind
+    again = coordinator_settings(
+        tmp_path, db, tiny_model, rounds=3, min_workers=2, min_updates=2, listen=f"127.0.0.1:{port}"
+    )
+    coord = ServedCoordinator(again)
+    coord.wait(180)
+    workers.join(60)
+    assert not workers.is_alive()
+    rounds = store.rounds(1)
+    completed = [r for r in rounds if r.state == "completed"]
+    assert [r.result_version for r in completed] == [1, 2, 3]
+    assert all(r.state in ("completed", "failed") for r in rounds)
+    assert store.federation(1).state == "completed"
+    assert all(len(items) >= 3 for items in sent.values())  # each worker trained in every completed round
     store.close()
