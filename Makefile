@@ -21,7 +21,8 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check strata coordinator worker dashboard_api
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy strata coordinator worker dashboard_api
 
 protos: setup
 	$(PY) -m strata.protogen

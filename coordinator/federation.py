@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +33,7 @@ from strata.modeling import (
     save_assets,
 )
 from strata.proto.v1 import coordinator_pb2 as pb
+from strata.proto.v1 import tensor_pb2
 from strata.serde import RoundTask, TrainingConfig, task_to_proto
 from strata.version import model_hash
 
@@ -44,7 +46,7 @@ class Snapshot:
 
     version: int
     hash: str
-    frames: list[tuple[object, bytes]]
+    frames: list[tuple[tensor_pb2.TensorHeader, bytes]]
     payload_bytes: int
 
 
@@ -419,6 +421,7 @@ class FederationRunner:
         expected = expected_of(self.snapshot_tensors)
         asm = FrameAssembler(expected)
         delta: dict[str, torch.Tensor] = {}
+        done: tuple[str, Any] | None
         async for chunk in chunks:
             writer.write(chunk)
             part = chunk.WhichOneof("part")
@@ -532,7 +535,7 @@ class FederationRunner:
         r.closed = True
         await self._notify()
         quorum = min(self.s.min_updates, len(participants))
-        common = dict(
+        common: dict[str, Any] = dict(
             num_updates=len(r.accepted),
             num_samples=r.accumulator.total_samples,
             bytes_up=r.bytes_up,

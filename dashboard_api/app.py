@@ -44,8 +44,12 @@ from strata import __version__
 log = logging.getLogger(__name__)
 
 SCHEMA_MISSING = "database schema missing: run the coordinator or `strata migrate` first"
-NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown federation or round."}}
-UNAVAILABLE = {503: {"model": ErrorOut, "description": "The database is unreachable or has no schema."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown federation or round."}
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "The database is unreachable or has no schema."}
+}
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -309,10 +310,10 @@ class Demo:
             time.sleep(0.1)
         raise SystemExit(self._fail("the coordinator did not start within 180s"))
 
-    def _follow(self, api: str, coord: Proc) -> list[dict[str, object]]:
+    def _follow(self, api: str, coord: Proc) -> list[dict[str, Any]]:
         """Print a line per finished round (read from the REST API) until the coordinator exits."""
         printed: set[int] = set()
-        rows: list[dict[str, object]] = []
+        rows: list[dict[str, Any]] = []
         with httpx.Client(base_url=api, timeout=5.0) as http:
             while True:
                 finished = coord.popen.poll() is not None
@@ -323,7 +324,7 @@ class Demo:
                     pass
                 for r in rows:
                     if r["state"] in ("completed", "failed") and r["number"] not in printed:
-                        printed.add(int(r["number"]))  # type: ignore[arg-type]
+                        printed.add(int(r["number"]))
                         print(round_line(r, self.a.rounds), flush=True)
                 if finished:
                     return rows
@@ -375,11 +376,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _mb(n: object) -> str:
-    return f"{(int(n or 0)) / 1e6:.2f} MB"  # type: ignore[call-overload]
+def _mb(n: Any) -> str:
+    return f"{(int(n or 0)) / 1e6:.2f} MB"
 
 
-def round_line(r: dict[str, object], total: int) -> str:
+def round_line(r: dict[str, Any], total: int) -> str:
     if r["state"] == "failed":
         return f"round {r['number']}: FAILED: {r.get('error')}"
     acc = r.get("test_accuracy")
@@ -395,7 +396,7 @@ def round_line(r: dict[str, object], total: int) -> str:
     )
 
 
-def render_table(rows: list[dict[str, object]]) -> str:
+def render_table(rows: list[dict[str, Any]]) -> str:
     """The final table as markdown: round, test accuracy, loss, bytes up and down, seconds."""
     out = [
         "| round | state | test accuracy | test loss | train loss | bytes up | bytes down | seconds |",
@@ -403,14 +404,14 @@ def render_table(rows: list[dict[str, object]]) -> str:
     ]
     for r in rows:
 
-        def f(key: str, fmt: str = ".4f", row: dict[str, object] = r) -> str:
+        def f(key: str, fmt: str = ".4f", row: dict[str, Any] = r) -> str:
             v = row.get(key)
             return format(v, fmt) if isinstance(v, (int, float)) else "–"
 
         out.append(
             f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
             f"{int(r['bytes_up'] or 0):,} | {int(r['bytes_down'] or 0):,} | {f('duration_seconds', '.1f')} |"
-        )  # type: ignore[call-overload]
+        )
     return "\n".join(out)
 
 

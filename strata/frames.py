@@ -44,7 +44,7 @@ def encode_tensor(
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     t = tensor.detach().to("cpu", torch.float32).contiguous()
-    payload = zstandard.ZstdCompressor(level=level).compress(memoryview(t.numpy().reshape(-1)).cast("B"))
+    payload = zstandard.ZstdCompressor(level=level).compress(t.numpy().reshape(-1).data.cast("B"))
     header = tensor_pb2.TensorHeader(
         name=name,
         shape=list(t.shape),

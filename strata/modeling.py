@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
-from transformers import (
+from transformers import (  # type: ignore[attr-defined]
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -61,7 +61,7 @@ def make_tiny_model_dir(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,

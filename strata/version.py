@@ -16,7 +16,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.contiguous()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
-    return memoryview(t.numpy().reshape(-1)).cast("B")
+    return t.numpy().reshape(-1).data.cast("B")
 
 
 def model_hash(tensors: Mapping[str, torch.Tensor]) -> str:

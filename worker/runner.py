@@ -6,9 +6,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from strata import __version__
 from strata.data import DataError, Example, find_split, read_examples, read_labels
@@ -122,8 +124,8 @@ class Worker:
             settings.max_backoff,
         )
         self.on_update = on_update
-        self.model = None
-        self.tokenizer = None
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.version = 0
         self.hash = ""
         self.evaluated: set[int] = set()
@@ -181,7 +183,7 @@ class Worker:
         self.ensure_version(task.model_version, task.model_hash)
         self.max_seq_len = task.config.max_seq_len
         self.evaluate_version(task.round)
-        assert self.data is not None
+        assert self.data is not None and self.model is not None and self.tokenizer is not None
         result = train(
             self.model,
             self.tokenizer,
@@ -241,10 +243,12 @@ class Worker:
             req = pb.PullRequest(worker_id=self.worker_id, have_version=0, include_assets=include_assets)
             expected = None
             asm = FrameAssembler(expected)
-            header, files, tensors = None, {}, {}
+            header: pb.ModelHeader | None = None
+            files: dict[str, bytes] = {}
+            tensors: dict[str, torch.Tensor] = {}
             for chunk in self.client.pull(req):
                 part = chunk.WhichOneof("part")
-                done = None
+                done: tuple[str, Any] | None = None
                 if part == "header":
                     header = chunk.header
                 elif part == "file":
@@ -267,7 +271,7 @@ class Worker:
         if files:
             assets = write_assets(files, self.s.cache_dir / self.federation / "assets")
             self.model, self.tokenizer = model_from_assets(assets)
-            self.model.to(self.device)
+            self.model.to(self.device)  # type: ignore[arg-type]
         assert self.model is not None
         load_tensors(self.model, tensors)
         self.version = header.version
@@ -281,6 +285,7 @@ class Worker:
         assert self.data is not None
         if not self.data.eval or self.version in self.evaluated:
             return
+        assert self.model is not None and self.tokenizer is not None
         loss, acc = evaluate(
             self.model,
             self.tokenizer,

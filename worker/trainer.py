@@ -41,7 +41,7 @@ def train(
         raise ValueError("no training examples")
     started = time.monotonic()
     base = {name: t.detach().to("cpu", torch.float32, copy=True) for name, t in global_tensors(model).items()}
-    model.to(device)
+    model.to(torch.device(device))  # type: ignore[arg-type]
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -155,7 +155,7 @@ class Store:
                 )
                 .values(state=RoundState.FAILED.value, error=reason, closed_at=utcnow())
             )
-            return res.rowcount or 0
+            return int(getattr(res, "rowcount", 0) or 0)
 
     def last_round_number(self, federation_id: int) -> int:
         with self.sessions() as s:
