@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         return Demo(args, workdir).run()
     finally:
-        if not keep and not args.serve:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -154,7 +154,11 @@ class Demo:
         if a.model is not None:
             model_dir = a.model
         else:
+            from transformers.utils import logging as hf_logging
+
             from strata.modeling import make_tiny_model_dir
+
+            hf_logging.disable_progress_bar()
 
             model_dir = make_tiny_model_dir(
                 self.dir / "model", [e.text for e in train], labels, seed=a.seed, max_len=a.max_seq_len

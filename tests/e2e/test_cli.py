@@ -55,28 +55,54 @@ def test_coordinator_without_model_fails_cleanly(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_demo_runs_a_federation_and_prints_the_table(tmp_path: Path) -> None:
-    res = run(
-        "demo",
-        "--workers",
-        "2",
-        "--rounds",
-        "2",
-        "--train-examples",
-        "400",
-        "--test-examples",
-        "100",
-        "--workdir",
-        str(tmp_path / "demo"),
-        timeout=400,
+def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [
+            *STRATA,
+            "demo",
+            "--workers",
+            "2",
+            "--rounds",
+            "2",
+            "--train-examples",
+            "400",
+            "--test-examples",
+            "100",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--serve",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = res.stdout
-    assert re.search(r"^round 1/2 +test acc 0\.\d{4}", out, re.M), out
-    assert re.search(r"^round 2/2 +test acc", out, re.M), out
-    table = [line for line in out.splitlines() if re.match(r"^\| \d+ \| completed \|", line)]
-    assert len(table) == 2, out
-    assert "2 of 2 rounds completed" in out
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # read until the demo says it is serving
+            lines.append(line)
+            if line.startswith("serving the dashboard API on "):
+                break
+        out = "".join(lines)
+        assert re.search(r"^round 1/2 +test acc 0\.\d{4}", out, re.M), out
+        assert re.search(r"^round 2/2 +test acc", out, re.M), out
+        table = [line for line in out.splitlines() if re.match(r"^\| \d+ \| completed \|", line)]
+        assert len(table) == 2, out
+        assert "2 of 2 rounds completed" in out
+        url = lines[-1].split()[5]
+        status = httpx.get(f"{url}/api/v1/federations/demo", timeout=10).json()
+        assert (status["state"], status["model_version"], status["current_round"]) == ("completed", 2, 2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert (tmp_path / "demo" / "strata.db").is_file()
 
 
