@@ -14,9 +14,9 @@ from transformers import (  # type: ignore[attr-defined]
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
-    BertTokenizerFast,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 from strata.data import Example
@@ -27,23 +27,45 @@ ASSET_SUFFIXES = (".json", ".txt", ".model")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int = 4000) -> BertTokenizerFast:
-    """Train a small uncased WordPiece tokenizer on local text (no download)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """A small uncased WordPiece tokenizer for local text (no download), deterministic for its input.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    The vocabulary is the special tokens, every character seen (alone and as a `##` continuation, so
+    any word can be spelled), then the most frequent words (ties broken alphabetically).
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    base = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
+    taken = set(base)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    vocab = base + words[: max(0, vocab_size - len(base))]
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    tok.train_from_iterator(iter(texts), trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    return BertTokenizerFast(tokenizer_object=tok, do_lower_case=True)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        do_lower_case=True,
+    )
 
 
 def make_tiny_model_dir(

@@ -193,6 +193,7 @@ class Worker:
             device=self.device,
             progress=self.s.progress,
             label=f"{self.s.name} round {task.round}",
+            worker=self.s.name,
         )
         if self.on_update is not None:
             self.on_update(task, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,12 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     label: str = "train",
+    worker: str = "",
 ) -> TrainResult:
-    """Fine-tune in place from the current weights; return Δ = θ_local − θ_start for every parameter."""
+    """Fine-tune in place from the current weights; return Δ = θ_local − θ_start for every parameter.
+
+    Shuffling and dropout are seeded from (seed, round, worker), so a round can be reproduced.
+    """
     if not examples:
         raise ValueError("no training examples")
     started = time.monotonic()
@@ -45,7 +50,9 @@ def train(
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed * 100_003 + round_number)
+    seed = local_seed(config.seed, round_number, worker)
+    torch.manual_seed(seed)  # dropout
+    gen = torch.Generator().manual_seed(seed)  # the order of examples
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = steps_per_epoch * config.local_epochs
     if config.max_steps:
@@ -89,3 +96,8 @@ def train(
         correct / max(seen, 1),
         time.monotonic() - started,
     )
+
+
+def local_seed(seed: int, round_number: int, worker: str) -> int:
+    """A distinct, reproducible seed for one worker's training in one round."""
+    return (seed * 1_000_003 + round_number * 7_919 + zlib.crc32(worker.encode())) % (2**63)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from strata import synthetic
 from strata.data import Example
 from strata.modeling import (
     ASSET_SUFFIXES,
@@ -200,3 +201,30 @@ def test_pick_device_cuda_without_cuda() -> None:
     for requested in ("cuda", "cuda:1"):
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             pick_device(requested)
+
+
+def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
+    """The same text gives the same vocabulary, and the same round gives the same delta."""
+    from strata.serde import TrainingConfig
+    from worker.trainer import train
+
+    texts = [e.text for e in synthetic.generate(120, seed=3)]
+    assert build_tokenizer(texts, 300).get_vocab() == build_tokenizer(list(reversed(texts)), 300).get_vocab()
+    model_dir = make_tiny_model_dir(
+        tmp_path / "m",
+        texts,
+        synthetic.LABELS,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=300,
+        max_len=32,
+    )
+    model, tok = load_model(model_dir, synthetic.LABELS)
+    examples = synthetic.generate(40, seed=4)
+    cfg = TrainingConfig(batch_size=8, learning_rate=1e-3, max_seq_len=32)
+    a = train(model, tok, examples, cfg, 1, progress=False, worker="org-1")
+    b = train(model, tok, examples, cfg, 1, progress=False, worker="org-1")
+    c = train(model, tok, examples, cfg, 1, progress=False, worker="org-2")
+    assert all(torch.equal(a.delta[k], b.delta[k]) for k in a.delta)
+    assert any(not torch.equal(a.delta[k], c.delta[k]) for k in a.delta)  # workers get their own dropout
