@@ -24,13 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16strata/v1/tensor.proto\x12\tstrata.v1\"r\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\t\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x63rc32\x18\x06 \x01(\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16strata/v1/tensor.proto\x12\tstrata.v1\"\xce\x01\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x10\n\x08\x65ncoding\x18\x04 \x01(\t\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x63rc32\x18\x06 \x01(\x07\x12\x13\n\x0b\x62lock_bytes\x18\x07 \x03(\x04\x12\x16\n\x0e\x62lock_elements\x18\x08 \x01(\x04\x12\x16\n\x0egroup_elements\x18\t \x01(\x04\x12\x15\n\rtopk_fraction\x18\n \x01(\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'strata.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENSORHEADER']._serialized_start=37
-  _globals['_TENSORHEADER']._serialized_end=151
+  _globals['_TENSORHEADER']._serialized_start=38
+  _globals['_TENSORHEADER']._serialized_end=244
 # @@protoc_insertion_point(module_scope)
