@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from strata.frames import ENCODINGS
+from strata.codec import ENCODINGS
 from strata.settings import StrataSettings
 
 

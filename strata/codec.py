@@ -112,11 +112,19 @@ def encode_block(x: torch.Tensor, encoding: str, group: int, fraction: float) ->
             groups = pad.reshape(-1, group)
         scale = groups.abs().amax(dim=1) / 127.0
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.clamp(torch.round(groups / safe[:, None]), -127, 127).to(torch.int8).reshape(-1)[: x.numel()]
+        q = (
+            torch.clamp(torch.round(groups / safe[:, None]), -127, 127)
+            .to(torch.int8)
+            .reshape(-1)[: x.numel()]
+        )
         return shuffle(scale.numpy()) + q.numpy().tobytes()
     if encoding == "topk":
         k = topk_count(x.numel(), fraction)
-        idx = torch.topk(x.abs(), k, sorted=False).indices.sort().values if k < x.numel() else torch.arange(x.numel())
+        idx = (
+            torch.topk(x.abs(), k, sorted=False).indices.sort().values
+            if k < x.numel()
+            else torch.arange(x.numel())
+        )
         gaps = torch.diff(idx, prepend=torch.zeros(1, dtype=idx.dtype)) if k else idx
         if k:
             gaps[0] = idx[0]

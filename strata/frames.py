@@ -1,8 +1,10 @@
 """Self-describing tensor and file frames: encode, split into ≤1 MiB chunks, reassemble, validate.
 
-A frame is a header (name, shape, dtype, encoding, payload size, CRC-32) followed by its payload in
-pieces. The decoder checks every size against the header before it allocates, refuses NaN and Inf,
-and names the tensor in every error.
+A tensor frame is a header (name, shape, dtype, encoding, block sizes, payload size, CRC-32) followed
+by its payload in pieces. The payload is a run of independently compressed blocks (see
+strata/codec.py), so a receiver decodes each block as soon as its bytes are in: memory stays at one
+block, whatever the size of the tensor or the model. The decoder checks every size against the
+header before it allocates, refuses NaN and Inf, and names the tensor in every error.
 """
 
 from __future__ import annotations
@@ -10,50 +12,63 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import zstandard
 
+from strata import codec
+from strata.codec import ENCODINGS, Codec, CodecError
 from strata.errors import InvalidInput
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import tensor_pb2
 
+__all__ = ["ENCODINGS", "Codec"]
+
 CHUNK_BYTES = 1 << 20
-ENCODINGS = ("fp32",)
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
 MAX_ELEMENTS = 1 << 34  # a sanity ceiling on one tensor; real bounds come from the expected model
+MAX_BLOCK_ELEMENTS = 1 << 22
 MAX_FILE_BYTES = 256 << 20
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+#: called with (tensor name, offset of the block's first element, the block's flat float32 values)
+BlockSink = Callable[[str, int, torch.Tensor], None]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def encode_tensor(
-    name: str, tensor: torch.Tensor, encoding: str = "fp32", level: int = 3
-) -> tuple[tensor_pb2.TensorHeader, bytes]:
-    """Encode one tensor: its values as little-endian fp32, then zstd. Returns (header, payload)."""
-    if encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
-    t = tensor.detach().to("cpu", torch.float32).contiguous()
-    payload = zstandard.ZstdCompressor(level=level).compress(t.numpy().reshape(-1).data.cast("B"))
-    header = tensor_pb2.TensorHeader(
+def header_of(name: str, tensor: torch.Tensor, enc: codec.Encoded) -> tensor_pb2.TensorHeader:
+    crc = 0
+    for block in enc.blocks:
+        crc = zlib.crc32(block, crc)
+    return tensor_pb2.TensorHeader(
         name=name,
-        shape=list(t.shape),
+        shape=list(enc.shape),
         dtype=dtype_name(tensor.dtype),
-        encoding=encoding,
-        payload_bytes=len(payload),
-        crc32=zlib.crc32(payload),
+        encoding=enc.encoding,
+        payload_bytes=enc.payload_bytes,
+        crc32=crc,
+        block_bytes=[len(b) for b in enc.blocks],
+        block_elements=enc.block_elements,
+        group_elements=enc.group_elements,
+        topk_fraction=enc.topk_fraction,
     )
-    return header, payload
+
+
+def encode_tensor(
+    name: str, tensor: torch.Tensor, encoding: str | Codec = "fp32", level: int = 1
+) -> tuple[tensor_pb2.TensorHeader, bytes]:
+    """Encode one tensor. Returns (header, payload); the payload is the concatenated blocks."""
+    c = encoding if isinstance(encoding, Codec) else Codec(encoding, level=level)
+    enc = codec.encode(tensor, c)
+    return header_of(name, tensor, enc), b"".join(enc.blocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +79,18 @@ class Expected:
     dtype: str
 
 
-def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] | None) -> int:
-    """Validate a tensor header before any payload is read; returns the decoded size in bytes."""
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A checked header: the sizes a receiver may rely on."""
+
+    numel: int
+    block_elements: int
+    group: int
+    bounds: tuple[int, ...]  # largest decompressed size of each block
+
+
+def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] | None) -> Layout:
+    """Validate a tensor header before any payload is read."""
     name = header.name
     if not name or len(name) > 512:
         raise InvalidInput("tensor frame without a valid name")
@@ -85,49 +110,50 @@ def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] 
             raise InvalidInput(f"{name}: shape {shape} does not match the model's {want.shape}")
         if header.dtype != want.dtype:
             raise InvalidInput(f"{name}: dtype {header.dtype} does not match the model's {want.dtype}")
-    raw_bytes = numel * 4
-    # zstd never expands incompressible data by more than a small margin; refuse claims beyond that
-    if header.payload_bytes > raw_bytes + raw_bytes // 64 + 1024:
-        raise InvalidInput(
-            f"{name}: payload of {header.payload_bytes} bytes is larger than its tensor can need"
-        )
-    return raw_bytes
+    per = int(header.block_elements)
+    group = int(header.group_elements) if header.encoding == "int8" else 1
+    if not 1 <= per <= MAX_BLOCK_ELEMENTS:
+        raise InvalidInput(f"{name}: block of {per} elements is out of range")
+    if not 1 <= group <= per or per % group:
+        raise InvalidInput(f"{name}: group of {group} elements does not divide blocks of {per}")
+    if header.encoding == "topk" and not 0.0 < header.topk_fraction <= 1.0:
+        raise InvalidInput(f"{name}: top-k fraction {header.topk_fraction} is out of range")
+    blocks = codec.num_blocks(numel, per)
+    if len(header.block_bytes) != blocks:
+        raise InvalidInput(f"{name}: {len(header.block_bytes)} blocks announced, its shape needs {blocks}")
+    if sum(header.block_bytes) != header.payload_bytes:
+        raise InvalidInput(f"{name}: block sizes do not add up to the payload size")
+    bounds = []
+    for i, size in enumerate(header.block_bytes):
+        n = min(per, numel - i * per)
+        bound = codec.decoded_bound(header.encoding, n, group)
+        # zstd never expands data by more than a small margin; refuse claims beyond that
+        if size > bound + bound // 64 + 1024:
+            raise InvalidInput(
+                f"{name}: payload block {i} of {size} bytes is larger than its tensor can need"
+            )
+        bounds.append(bound)
+    return Layout(numel, per, group, tuple(bounds))
 
 
 def decode_tensor(
     header: tensor_pb2.TensorHeader, payload: bytes, expected: dict[str, Expected] | None = None
 ) -> torch.Tensor:
-    """Decode a frame's payload into a tensor of the header's dtype, checking size, CRC and finiteness."""
-    raw_bytes = check_header(header, expected)
-    name = header.name
+    """Decode a whole frame's payload into a tensor of the header's dtype."""
     if len(payload) != header.payload_bytes:
-        raise InvalidInput(f"{name}: payload has {len(payload)} bytes, header says {header.payload_bytes}")
-    if zlib.crc32(payload) != header.crc32:
-        raise InvalidInput(f"{name}: checksum mismatch")
-    raw = _decompress_bounded(name, payload, raw_bytes)
-    shape = tuple(int(d) for d in header.shape)
-    values = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).reshape(shape).to(DTYPES[header.dtype])
-    # check after the cast: a finite fp32 value can overflow a 16-bit dtype
-    if not bool(torch.isfinite(values).all()):
-        raise InvalidInput(f"{name}: contains NaN or Inf")
-    return values
-
-
-def _decompress_bounded(name: str, payload: bytes, raw_bytes: int) -> bytes:
-    """Decompress at most raw_bytes + 1 bytes, whatever the frame claims: a zstd bomb never expands."""
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
-        raw = reader.read(raw_bytes + 1) if raw_bytes else reader.read(1)
-    except zstandard.ZstdError as exc:
-        raise InvalidInput(f"{name}: corrupt payload ({exc})") from None
-    if len(raw) != raw_bytes:
         raise InvalidInput(
-            f"{name}: payload decodes to {'more than ' if len(raw) > raw_bytes else ''}{len(raw)} bytes, shape needs {raw_bytes}"
+            f"{header.name}: payload has {len(payload)} bytes, header says {header.payload_bytes}"
         )
-    return raw
+    asm = FrameAssembler(expected)
+    done = asm.tensor(header)
+    for piece in pieces(payload):
+        done = asm.data(piece) or done
+    asm.finish()
+    assert done is not None and isinstance(done[1], torch.Tensor)
+    return done[1]
 
 
-def pieces(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+def pieces(payload: bytes | memoryview, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     view = memoryview(payload)
     for start in range(0, len(view), chunk_bytes):
         yield bytes(view[start : start + chunk_bytes])
@@ -137,70 +163,131 @@ def file_header(name: str, data: bytes) -> pb.FileHeader:
     return pb.FileHeader(name=name, size=len(data), crc32=zlib.crc32(data))
 
 
+class _TensorState:
+    """A tensor frame being received: which block comes next and the bytes of it so far."""
+
+    def __init__(self, header: tensor_pb2.TensorHeader, layout: Layout, collect: bool) -> None:
+        self.header = header
+        self.layout = layout
+        self.block = 0
+        self.buf = bytearray()
+        self.crc = 0
+        self.received = 0
+        self.out = torch.empty(layout.numel, dtype=torch.float32) if collect else None
+
+
 class FrameAssembler:
     """Reassembles tensor and file frames from a stream of (header | data) parts.
 
-    Feed each part with `tensor()`, `file()` or `data()`; a completed frame is returned by the call
-    that completes it. `finish()` refuses a stream that stops inside a frame.
+    Feed each part with `tensor()`, `file()` or `data()`. Each tensor block is decoded as soon as it is
+    complete and handed to `on_block` if one is given; otherwise the tensor is collected and returned
+    by the call that completes it (as `(name, tensor)`; with `on_block`, as `(name, None)`).
+    `finish()` refuses a stream that stops inside a frame.
     """
 
     def __init__(
-        self, expected: dict[str, Expected] | None = None, max_file_bytes: int = MAX_FILE_BYTES
+        self,
+        expected: dict[str, Expected] | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        on_block: BlockSink | None = None,
     ) -> None:
         self.expected = expected
         self.max_file_bytes = max_file_bytes
-        self._tensor: tensor_pb2.TensorHeader | None = None
+        self.on_block = on_block
+        self._tensor: _TensorState | None = None
         self._file: pb.FileHeader | None = None
         self._buf = bytearray()
-        self._need = 0
         self.seen: set[str] = set()
         self.payload_bytes = 0
+        self.raw_bytes = 0  # fp32 bytes of the tensors decoded so far
+        self.blocks_done = 0
 
-    def _start(self, name: str, need: int) -> None:
+    def _start(self, name: str) -> None:
         if self._tensor is not None or self._file is not None:
             raise InvalidInput(f"{name}: a new frame started before the previous one ended")
         if name in self.seen:
             raise InvalidInput(f"{name}: sent twice")
         self.seen.add(name)
-        self._buf = bytearray()
-        self._need = need
 
-    def tensor(self, header: tensor_pb2.TensorHeader) -> tuple[str, torch.Tensor] | None:
-        check_header(header, self.expected)
-        self._start(header.name, header.payload_bytes)
-        self._tensor = header
-        return self._complete() if self._need == 0 else None
+    def tensor(self, header: tensor_pb2.TensorHeader) -> tuple[str, torch.Tensor | None] | None:
+        layout = check_header(header, self.expected)
+        self._start(header.name)
+        self._tensor = _TensorState(header, layout, collect=self.on_block is None)
+        return self._finish_tensor() if header.payload_bytes == 0 else None
 
     def file(self, header: pb.FileHeader) -> tuple[str, bytes] | None:
         if not _FILE_NAME.fullmatch(header.name) or header.name.startswith("."):
             raise InvalidInput(f"file name {header.name!r} is not a plain file name")
         if header.size > self.max_file_bytes:
             raise InvalidInput(f"{header.name}: file of {header.size} bytes exceeds the limit")
-        self._start(header.name, header.size)
+        self._start(header.name)
         self._file = header
-        return self._complete_file() if self._need == 0 else None
-
-    def data(self, piece: bytes) -> tuple[str, torch.Tensor] | tuple[str, bytes] | None:
-        if self._tensor is None and self._file is None:
-            raise InvalidInput("data outside a frame")
-        name = self._tensor.name if self._tensor is not None else self._file.name  # type: ignore[union-attr]
-        if len(self._buf) + len(piece) > self._need:
-            raise InvalidInput(f"{name}: more payload than the header announced")
-        self._buf += piece
-        self.payload_bytes += len(piece)
-        if len(self._buf) < self._need:
-            return None
-        return self._complete() if self._tensor is not None else self._complete_file()
-
-    def _complete(self) -> tuple[str, torch.Tensor]:
-        header = self._tensor
-        assert header is not None
-        self._tensor = None
-        tensor = decode_tensor(header, bytes(self._buf), self.expected)
         self._buf = bytearray()
-        return header.name, tensor
+        return self._finish_file() if header.size == 0 else None
 
-    def _complete_file(self) -> tuple[str, bytes]:
+    def data(self, piece: bytes) -> tuple[str, torch.Tensor | None] | tuple[str, bytes] | None:
+        if self._tensor is not None:
+            return self._tensor_data(self._tensor, piece)
+        if self._file is not None:
+            if len(self._buf) + len(piece) > self._file.size:
+                raise InvalidInput(f"{self._file.name}: more data than the header announced")
+            self._buf += piece
+            self.payload_bytes += len(piece)
+            return self._finish_file() if len(self._buf) == self._file.size else None
+        raise InvalidInput("data outside a frame")
+
+    def _tensor_data(self, st: _TensorState, piece: bytes) -> tuple[str, torch.Tensor | None] | None:
+        h = st.header
+        if st.received + len(piece) > h.payload_bytes:
+            raise InvalidInput(f"{h.name}: more payload than the header announced")
+        st.received += len(piece)
+        st.crc = zlib.crc32(piece, st.crc)
+        self.payload_bytes += len(piece)
+        view = memoryview(piece)
+        while view:
+            need = h.block_bytes[st.block] - len(st.buf)
+            st.buf += view[:need]
+            view = view[need:]
+            if len(st.buf) == h.block_bytes[st.block]:
+                self._decode_block(st)
+        return self._finish_tensor() if st.received == h.payload_bytes else None
+
+    def _decode_block(self, st: _TensorState) -> None:
+        h, lay, i = st.header, st.layout, st.block
+        start = i * lay.block_elements
+        n = min(lay.block_elements, lay.numel - start)
+        try:
+            raw = codec.decompress(bytes(st.buf), lay.bounds[i])
+            values = codec.decode_block(raw, h.encoding, n, lay.group)
+        except CodecError as exc:
+            raise InvalidInput(f"{h.name}: {exc}") from None
+        # check in the tensor's own dtype: a finite fp32 value can overflow a 16-bit one
+        dtype = DTYPES[h.dtype]
+        if not bool(torch.isfinite(values if dtype == torch.float32 else values.to(dtype)).all()):
+            raise InvalidInput(f"{h.name}: contains NaN or Inf")
+        st.buf = bytearray()
+        st.block += 1
+        self.blocks_done += 1
+        self.raw_bytes += 4 * n
+        if st.out is not None:
+            st.out[start : start + n] = values
+        elif self.on_block is not None:
+            self.on_block(h.name, start, values)
+
+    def _finish_tensor(self) -> tuple[str, torch.Tensor | None]:
+        st = self._tensor
+        assert st is not None
+        self._tensor = None
+        if st.block != len(st.header.block_bytes):
+            raise InvalidInput(f"{st.header.name}: payload ended inside a block")
+        if st.crc != st.header.crc32:
+            raise InvalidInput(f"{st.header.name}: checksum mismatch")
+        if st.out is None:
+            return st.header.name, None
+        shape = tuple(int(d) for d in st.header.shape)
+        return st.header.name, st.out.reshape(shape).to(DTYPES[st.header.dtype])
+
+    def _finish_file(self) -> tuple[str, bytes]:
         header = self._file
         assert header is not None
         self._file = None
@@ -212,7 +299,7 @@ class FrameAssembler:
 
     def finish(self) -> None:
         if self._tensor is not None or self._file is not None:
-            name = self._tensor.name if self._tensor is not None else self._file.name  # type: ignore[union-attr]
+            name = self._tensor.header.name if self._tensor is not None else self._file.name  # type: ignore[union-attr]
             raise InvalidInput(f"{name}: the stream ended inside this frame")
 
 

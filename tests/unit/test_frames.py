@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import tracemalloc
 import zlib
@@ -11,6 +12,7 @@ import pytest
 import torch
 import zstandard
 
+from strata.codec import shuffle
 from strata.errors import InvalidInput
 from strata.frames import (
     Expected,
@@ -28,7 +30,8 @@ NAME = "bert.encoder.layer.0.attention.self.query.weight"
 
 
 def _fp32_payload(values: np.ndarray | list[float]) -> bytes:
-    return zstandard.ZstdCompressor(level=3).compress(np.asarray(values, dtype="<f4").tobytes())
+    """One fp32 block as the codec writes it: byte-shuffled float32 values, then zstd."""
+    return zstandard.ZstdCompressor(level=3).compress(shuffle(np.asarray(values, dtype="<f4")))
 
 
 def _header(
@@ -47,6 +50,10 @@ def _header(
         encoding=encoding,
         payload_bytes=len(payload) if payload_bytes is None else payload_bytes,
         crc32=zlib.crc32(payload) if crc32 is None else crc32,
+        # one block holding the whole tensor (a zero-element tensor has none)
+        block_bytes=[len(payload)] if math.prod(shape) else [],
+        block_elements=max(1, min(math.prod(shape), 1 << 22)),
+        group_elements=1,
     )
 
 
@@ -94,7 +101,7 @@ def test_encode_decode_round_trip(shape: tuple[int, ...], dtype: torch.dtype) ->
 
 def test_encode_rejects_unknown_encoding() -> None:
     with pytest.raises(ValueError, match="unknown encoding"):
-        encode_tensor(NAME, torch.zeros(2), encoding="int8")
+        encode_tensor(NAME, torch.zeros(2), encoding="int4")
 
 
 def test_expected_of_records_shape_and_dtype() -> None:
@@ -311,7 +318,7 @@ def test_payload_decodes_to_more_bytes_than_shape_needs() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
-        ("encoding", "int8", "unknown encoding"),
+        ("encoding", "int4", "unknown encoding"),
         ("encoding", "", "unknown encoding"),
         ("dtype", "float64", "unsupported dtype"),
         ("dtype", "int32", "unsupported dtype"),
@@ -390,6 +397,7 @@ def test_value_overflowing_float16_is_rejected() -> None:
 def test_payload_bytes_absurdly_larger_than_tensor_needs(extra: int) -> None:
     header, _ = encode_tensor(NAME, torch.randn(4))
     header.payload_bytes = 16 + extra
+    header.block_bytes[0] = 16 + extra
     msg = _rejects(check_header, header, None)
     assert "larger than its tensor can need" in msg
     _rejects(FrameAssembler().tensor, header)
