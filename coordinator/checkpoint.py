@@ -1,12 +1,12 @@
-"""Global model versions on disk as safetensors, written atomically (temp file, fsync, rename)."""
+"""Global model versions on disk as safetensors (atomic writes), and the server's error-feedback residual."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from strata import tensorfile
 
 
 def path_of(directory: Path, version: int) -> Path:
@@ -14,28 +14,25 @@ def path_of(directory: Path, version: int) -> Path:
 
 
 def save(directory: Path, version: int, tensors: dict[str, torch.Tensor], model_hash: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    target = path_of(directory, version)
-    tmp = target.with_suffix(".tmp")
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(tmp),
-        metadata={"version": str(version), "hash": model_hash},
+    return tensorfile.save(
+        path_of(directory, version), tensors, {"version": str(version), "hash": model_hash}
     )
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
 
 
 def load(directory: Path, version: int) -> dict[str, torch.Tensor]:
-    return load_file(str(path_of(directory, version)))
+    return tensorfile.load(path_of(directory, version))
 
 
 def exists(directory: Path, version: int) -> bool:
     return path_of(directory, version).is_file()
+
+
+def residual_path(directory: Path, version: int) -> Path:
+    return directory / f"server-residual-v{version:06d}.safetensors"
+
+
+def prune_residuals(directory: Path, keep: int) -> None:
+    """Remove the server residuals of every version but `keep`."""
+    for p in directory.glob("server-residual-v*.safetensors"):
+        if int(p.stem.rsplit("-v", 1)[1]) != keep:
+            p.unlink(missing_ok=True)

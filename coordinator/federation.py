@@ -7,9 +7,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,16 @@ from typing import Any
 import torch
 
 from coordinator import checkpoint, spool
+from coordinator.ingest import RoundSums, Upload, evict, receive
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
 from coordinator.storage.store import Store, hash_token
-from strata.aggregate import FedAvgAccumulator, apply_delta, l2_norm
+from coordinator.versions import VersionFiles, count_frames, read_frames, write_frames
+from strata import codec, tensorfile
+from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
-from strata.frames import FrameAssembler, encode_tensor, expected_of, file_header, pieces
+from strata.frames import Expected, add_update, expected_of, file_header, header_of, pieces
 from strata.modeling import (
     evaluate,
     global_tensors,
@@ -33,21 +37,10 @@ from strata.modeling import (
     save_assets,
 )
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.proto.v1 import tensor_pb2
 from strata.serde import RoundTask, TrainingConfig, task_to_proto
 from strata.version import model_hash
 
 log = logging.getLogger("strata.coordinator")
-
-
-@dataclass
-class Snapshot:
-    """One version of the global model, encoded once and served to every worker that pulls it."""
-
-    version: int
-    hash: str
-    frames: list[tuple[tensor_pb2.TensorHeader, bytes]]
-    payload_bytes: int
 
 
 @dataclass
@@ -70,12 +63,13 @@ class OpenRound:
     base_hash: str
     participants: dict[str, str]  # uid -> name
     deadline_unix: float
-    accumulator: FedAvgAccumulator = field(default_factory=FedAvgAccumulator)
+    sums: RoundSums = field(default_factory=lambda: RoundSums({}))
     accepted: dict[str, int] = field(default_factory=dict)  # uid -> samples
-    uploading: set[str] = field(default_factory=set)
+    uploads: dict[str, Upload] = field(default_factory=dict)  # uid -> upload in flight
     bytes_up: int = 0
     raw_bytes_up: int = 0
     bytes_down: int = 0
+    raw_bytes_down: int = 0
     loss_sum: float = 0.0
     acc_sum: float = 0.0
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +108,12 @@ class FederationRunner:
         self.ckpt_dir = settings.data_dir / "checkpoints" / settings.federation
         self.spool_dir = settings.data_dir / "spool" / settings.federation
         self.assets_dir = settings.data_dir / "assets" / settings.federation
+        self.versions = VersionFiles(settings.data_dir / "versions" / settings.federation)
+        self.up_codec = Codec(settings.encoding, settings.topk_fraction, settings.zstd_level)
+        self.down_codec = Codec(settings.down_encoding, settings.topk_fraction, settings.zstd_level)
+        self.snapshot_codec = Codec("fp32", level=settings.zstd_level)
+        self.hashes: dict[int, str] = {}
+        self.snapshot_lock = asyncio.Lock()
         self.token_hashes = {hash_token(t) for t in settings.worker_tokens}
         self.sessions: dict[str, Session] = {}
         self.current: OpenRound | None = None
@@ -181,7 +181,15 @@ class FederationRunner:
             state=FederationState.RUNNING.value,
             error=None,
         )
-        self.snapshot = self._encode(version, h, tensors)
+        self.version, self.hash = version, h
+        self.expected: dict[str, Expected] = expected_of(tensors)
+        for r in self.store.rounds(self.fed_id):  # the hash of every version the federation has had
+            self.hashes[r.base_version] = r.base_hash
+            if r.state == RoundState.COMPLETED.value and r.result_version is not None and r.result_hash:
+                self.hashes[r.result_version] = r.result_hash
+        self.hashes[version] = h
+        rpath = checkpoint.residual_path(self.ckpt_dir, version)
+        self.server_residual = tensorfile.load(rpath) if rpath.is_file() else {}
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
         if self.completed >= s.rounds:
@@ -201,13 +209,13 @@ class FederationRunner:
             "weight_decay",
             "max_seq_len",
             "encoding",
+            "topk_fraction",
+            "downstream",
+            "down_encoding",
+            "history",
             "seed",
         )
         return {k: getattr(self.s, k) for k in keep} | {"labels": self.labels}
-
-    def _encode(self, version: int, h: str, tensors: dict[str, torch.Tensor]) -> Snapshot:
-        frames = [encode_tensor(name, t) for name, t in sorted(tensors.items())]
-        return Snapshot(version, h, frames, sum(len(p) for _, p in frames))  # type: ignore[misc]
 
     # ------------------------------------------------------------------ workers
     def authorise(self, token: str) -> bool:
@@ -279,6 +287,7 @@ class FederationRunner:
                             self.training,
                             self.s.encoding,
                             self.s.rounds,
+                            self.s.topk_fraction,
                         )
                     )
                 remaining = deadline - time.monotonic()
@@ -292,35 +301,96 @@ class FederationRunner:
             self.changed.notify_all()
 
     # ------------------------------------------------------------------ model download
-    def pull(self, sess: Session, req: pb.PullRequest) -> Iterable[pb.ModelChunk]:
-        snap = self.snapshot  # one consistent version, even if a new one is published meanwhile
+    async def pull(self, sess: Session, req: pb.PullRequest) -> AsyncIterator[pb.ModelChunk]:
+        """Stream what the worker needs to hold the current version: nothing, the global updates since
+        its version, or a snapshot; served from files, in ≤1 MiB pieces."""
+        version, h = (
+            self.version,
+            self.hash,
+        )  # one consistent version, even if a new one is published meanwhile
         files = sorted(self.assets.items()) if req.include_assets else []
-        send_tensors = req.have_version != snap.version or req.have_version == 0
-        frames = snap.frames if send_tensors else []
+        kind, updates = self._plan_download(req, version)
+        paths = [self.versions.update(v) for v in updates]
+        if kind == pb.ModelHeader.SNAPSHOT:
+            paths = [await self._snapshot_file(version)]
+        counts = [count_frames(p) for p in paths]
         yield pb.ModelChunk(
             header=pb.ModelHeader(
-                version=snap.version, model_hash=snap.hash, num_tensors=len(frames), num_files=len(files)
+                version=version,
+                model_hash=h,
+                num_tensors=sum(counts),
+                num_files=len(files),
+                kind=kind,
+                base_version=req.have_version if kind == pb.ModelHeader.UPDATES else 0,
             )
         )
-        sent = 0
+        sent = raw = 0
         for name, data in files:
             yield pb.ModelChunk(file=file_header(name, data))
             for piece in pieces(data):
                 sent += len(piece)
                 yield pb.ModelChunk(data=piece)
-        for header, payload in frames:
-            yield pb.ModelChunk(tensor=header)
-            for piece in pieces(payload):
-                sent += len(piece)
-                yield pb.ModelChunk(data=piece)
+        for i, path in enumerate(paths):
+            if kind == pb.ModelHeader.UPDATES:
+                v = updates[i]
+                yield pb.ModelChunk(
+                    mark=pb.VersionMark(version=v, model_hash=self.hashes[v], num_tensors=counts[i])
+                )
+            for part, value in read_frames(path):
+                if part == "tensor":
+                    raw += 4 * math.prod(value.shape)  # type: ignore[attr-defined]
+                    yield pb.ModelChunk(tensor=value)  # type: ignore[arg-type]
+                else:
+                    sent += len(value)  # type: ignore[arg-type]
+                    yield pb.ModelChunk(data=value)  # type: ignore[arg-type]
         r = self.current  # count before the end marker: a client may hang up as soon as it has it
         if r is not None and not r.closed:
             r.bytes_down += sent
-        yield pb.ModelChunk(end=pb.ModelEnd(num_tensors=len(frames), num_files=len(files)))
+            r.raw_bytes_down += raw
+        yield pb.ModelChunk(end=pb.ModelEnd(num_tensors=sum(counts), num_files=len(files)))
+
+    def _plan_download(self, req: pb.PullRequest, version: int) -> tuple[int, list[int]]:
+        """CURRENT, UPDATES (with the versions to send) or SNAPSHOT for a worker holding have_version."""
+        have = req.have_version
+        known = self.hashes.get(have)
+        if not req.have_hash or known != req.have_hash or have > version:
+            return pb.ModelHeader.SNAPSHOT, []
+        if have == version:
+            return pb.ModelHeader.CURRENT, []
+        wanted = list(range(have + 1, version + 1))
+        if (
+            self.s.downstream == "delta"
+            and len(wanted) <= self.s.history
+            and all(self.versions.update(v).is_file() for v in wanted)
+        ):
+            return pb.ModelHeader.UPDATES, wanted
+        return pb.ModelHeader.SNAPSHOT, []
+
+    async def _snapshot_file(self, version: int) -> Path:
+        """The current version's snapshot frames, written once (from its checkpoint) on first demand."""
+        path = self.versions.snapshot(version)
+        async with self.snapshot_lock:
+            if not path.is_file():
+                await asyncio.to_thread(self._write_snapshot, version, path)
+        return path
+
+    def _write_snapshot(self, version: int, path: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint.path_of(self.ckpt_dir, version)), framework="pt") as f:
+            names = sorted(f.keys())
+
+            def frames() -> Iterator[tuple[object, list[bytes]]]:
+                for name in names:  # one tensor in memory at a time
+                    t = f.get_tensor(name)
+                    enc = codec.encode(t, self.snapshot_codec)
+                    yield header_of(name, t, enc), enc.blocks
+
+            write_frames(path, frames())  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ update upload
     async def push(self, sess: Session, chunks: AsyncIterator[pb.UpdateChunk]) -> pb.PushReply:
-        """Receive one update; refuse it whole on any problem; accumulate it only once complete."""
+        """Receive one update, accumulating it block by block; on any problem take it out whole."""
         started = time.monotonic()
         first = await anext(chunks, None)
         if first is None or first.WhichOneof("part") != "header":
@@ -329,46 +399,42 @@ class FederationRunner:
         if h.worker_id != sess.uid:
             raise PermissionDenied("the header names another worker")
         r = self._check_round(sess, h)
-        r.uploading.add(sess.uid)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
+        upload = r.uploads[sess.uid] = Upload(writer, h.num_samples)
         try:
             writer.write(first)
-            delta, received = await self._receive(chunks, writer)
+            got = await receive(chunks, r.sums, upload)
         except BaseException as exc:
             writer.abort()
-            r.uploading.discard(sess.uid)
+            late = isinstance(exc, FailedPrecondition)
             reason = (
-                str(exc) if isinstance(exc, InvalidInput) else f"stream ended early ({type(exc).__name__})"
+                str(exc)
+                if isinstance(exc, InvalidInput | FailedPrecondition)
+                else f"stream ended early ({type(exc).__name__})"
             )
             self.store.record_update(
                 r.db_id,
                 sess.db_id,
-                UpdateStatus.REJECTED,
+                UpdateStatus.LATE if late else UpdateStatus.REJECTED,
                 reason,
                 base_version=h.base_version,
                 num_samples=h.num_samples,
             )
-            log.warning("update from %s for round %d rejected: %s", sess.name, r.number, reason)
-            raise
-        r.uploading.discard(sess.uid)
-        if r.closed or r is not self.current:
-            writer.abort()
-            self.store.record_update(
-                r.db_id,
-                sess.db_id,
-                UpdateStatus.LATE,
-                "arrived after the round closed",
-                base_version=h.base_version,
-                num_samples=h.num_samples,
-                bytes=received,
+            log.warning(
+                "update from %s for round %d %s: %s",
+                sess.name,
+                r.number,
+                "late" if late else "rejected",
+                reason,
             )
-            raise FailedPrecondition(f"round {h.round} closed while the update was uploading")
+            raise
+        finally:
+            r.uploads.pop(sess.uid, None)
         writer.commit()
-        raw = sum(t.numel() * 4 for t in delta.values())
-        r.accumulator.accept(delta, h.num_samples)
+        r.sums.commit(got.names, h.num_samples)
         r.accepted[sess.uid] = h.num_samples
-        r.bytes_up += received
-        r.raw_bytes_up += raw
+        r.bytes_up += got.payload_bytes
+        r.raw_bytes_up += got.raw_bytes
         r.loss_sum += h.train_loss * h.num_samples
         r.acc_sum += h.train_accuracy * h.num_samples
         self.store.record_update(
@@ -377,19 +443,19 @@ class FederationRunner:
             UpdateStatus.ACCEPTED,
             base_version=h.base_version,
             num_samples=h.num_samples,
-            num_tensors=len(delta),
-            bytes=received,
-            raw_bytes=raw,
+            num_tensors=len(got.names),
+            bytes=got.payload_bytes,
+            raw_bytes=got.raw_bytes,
             num_steps=h.num_steps,
             train_loss=h.train_loss,
             train_accuracy=h.train_accuracy,
-            update_norm=l2_norm(delta),
+            update_norm=got.norm,
             train_seconds=h.train_seconds,
             upload_seconds=time.monotonic() - started,
         )
         if set(r.accepted) >= set(r.participants):
             r.all_in.set()
-        return pb.PushReply(accepted=True, received_bytes=received, raw_bytes=raw)
+        return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
 
     def _check_round(self, sess: Session, h: pb.UpdateHeader) -> OpenRound:
         r = self.current
@@ -400,7 +466,7 @@ class FederationRunner:
             raise FailedPrecondition(f"worker {sess.name} is not a participant of round {r.number}")
         if sess.uid in r.accepted:
             raise FailedPrecondition(f"worker {sess.name} already delivered its update for round {r.number}")
-        if sess.uid in r.uploading:
+        if sess.uid in r.uploads:
             raise FailedPrecondition(
                 f"worker {sess.name} is already uploading an update for round {r.number}"
             )
@@ -414,41 +480,6 @@ class FederationRunner:
                 f"num_samples {h.num_samples} is not plausible for a worker that declared {sess.num_samples}"
             )
         return r
-
-    async def _receive(
-        self, chunks: AsyncIterator[pb.UpdateChunk], writer: spool.SpoolWriter
-    ) -> tuple[dict[str, torch.Tensor], int]:
-        expected = expected_of(self.snapshot_tensors)
-        asm = FrameAssembler(expected)
-        delta: dict[str, torch.Tensor] = {}
-        done: tuple[str, Any] | None
-        async for chunk in chunks:
-            writer.write(chunk)
-            part = chunk.WhichOneof("part")
-            if part == "tensor":
-                done = asm.tensor(chunk.tensor)
-            elif part == "data":
-                done = asm.data(chunk.data)
-            elif part == "end":
-                asm.finish()
-                if chunk.end.num_tensors != len(delta):
-                    raise InvalidInput(
-                        f"end marker counts {chunk.end.num_tensors} tensors, {len(delta)} arrived"
-                    )
-                missing = set(expected) - set(delta)
-                if missing:
-                    raise InvalidInput(f"update lacks {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
-                return delta, asm.payload_bytes
-            else:
-                raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
-            if done is not None:
-                name, tensor = done
-                delta[name] = tensor  # type: ignore[assignment]
-        raise InvalidInput("the stream ended before the end marker")
-
-    @property
-    def snapshot_tensors(self) -> dict[str, torch.Tensor]:
-        return global_tensors(self.model)
 
     def report(self, sess: Session, req: pb.MetricsReport) -> None:
         r = self.current
@@ -514,33 +545,44 @@ class FederationRunner:
     async def _run_round(self) -> bool:
         self.round_number += 1
         participants = self._choose()
-        snap = self.snapshot
+        version, base_hash = self.version, self.hash
         deadline = time.time() + self.s.round_timeout
         db_id = self.store.open_round(
             self.fed_id,
             self.round_number,
-            snap.version,
-            snap.hash,
+            version,
+            base_hash,
             sorted(participants.values()),
             self.s.min_updates,
             dt.datetime.fromtimestamp(deadline, dt.UTC),
         )
-        r = OpenRound(db_id, self.round_number, snap.version, snap.hash, participants, deadline)
+        r = OpenRound(
+            db_id,
+            self.round_number,
+            version,
+            base_hash,
+            participants,
+            deadline,
+            sums=RoundSums(self.expected),
+        )
         self.current = r
         started = time.monotonic()
-        log.info("round %d open: %d participant(s), version %d", r.number, len(participants), snap.version)
+        log.info("round %d open: %d participant(s), version %d", r.number, len(participants), version)
         await self._notify()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(r.all_in.wait(), timeout=max(0.0, deadline - time.time()))
         r.closed = True
+        for upload in list(r.uploads.values()):  # uploads still in flight are late: take them out of the sums
+            evict(upload, r.sums)
         await self._notify()
         quorum = min(self.s.min_updates, len(participants))
         common: dict[str, Any] = dict(
             num_updates=len(r.accepted),
-            num_samples=r.accumulator.total_samples,
+            num_samples=r.sums.total_samples,
             bytes_up=r.bytes_up,
             raw_bytes_up=r.raw_bytes_up,
             bytes_down=r.bytes_down,
+            raw_bytes_down=r.raw_bytes_down,
         )
         if len(r.accepted) < quorum:
             reason = f"{len(r.accepted)} of {len(participants)} updates by the deadline; quorum is {quorum}"
@@ -563,7 +605,7 @@ class FederationRunner:
             test_loss, test_acc = await asyncio.to_thread(
                 evaluate, self.model, self.tokenizer, self.eval_examples, self.s.max_seq_len
             )
-        n = max(r.accumulator.total_samples, 1)
+        n = max(r.sums.total_samples, 1)
         self.completed += 1
         self.store.close_round(
             r.db_id,
@@ -596,17 +638,43 @@ class FederationRunner:
         return True
 
     def _aggregate(self, r: OpenRound) -> tuple[int, str, float]:
-        """FedAvg of the accepted deltas, applied to the global model; checkpoint; re-encode the snapshot."""
-        mean = r.accumulator.mean()
-        current = global_tensors(self.model)
-        new = apply_delta(current, mean)
-        load_tensors(self.model, {k: new[k] for k in mean})
-        tensors = global_tensors(self.model)
+        """Apply the FedAvg mean to the global model exactly as workers will: encode it (with the server's
+        error feedback), add decode(encode(.)) to each tensor, and write that encoding as the version's
+        update file; then checkpoint the version."""
         version = r.base_version + 1
+        params = dict(self.model.named_parameters())
+        lossy = self.down_codec.lossy
+        residual: dict[str, torch.Tensor] = {}
+        sq = 0.0
+
+        def frames() -> Iterator[tuple[object, list[bytes]]]:
+            nonlocal sq
+            for name, mean in r.sums.means():  # one tensor at a time
+                u = mean
+                e = self.server_residual.get(name)
+                if lossy and e is not None and e.shape == u.shape:
+                    u = u + e
+                enc, applied = codec.roundtrip(u, self.down_codec)
+                if lossy:
+                    residual[name] = u - applied
+                p = params[name]
+                with torch.no_grad():
+                    add_update(p, applied)
+                sq += float(applied.double().pow(2).sum())
+                yield header_of(name, p, enc), enc.blocks
+
+        write_frames(self.versions.update(version), frames())  # type: ignore[arg-type]
+        tensors = global_tensors(self.model)
         h = model_hash(tensors)
         checkpoint.save(self.ckpt_dir, version, tensors, h)
-        self.snapshot = self._encode(version, h, tensors)
-        return version, h, l2_norm(mean)
+        if lossy:
+            tensorfile.save(checkpoint.residual_path(self.ckpt_dir, version), residual)
+        self.server_residual = residual
+        self.hashes[version] = h
+        self.version, self.hash = version, h  # from here on, pulls get this version
+        self.versions.prune(version, self.s.history)
+        checkpoint.prune_residuals(self.ckpt_dir, keep=version)
+        return version, h, sq**0.5
 
     async def _linger(self) -> None:
         if not self.s.exit_when_done:

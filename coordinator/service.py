@@ -38,7 +38,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelChunk]:
         sess = self._session(request.worker_id, context)
-        for chunk in self.runner.pull(sess, request):
+        async for chunk in self.runner.pull(sess, request):
             yield chunk
 
     async def PushUpdate(

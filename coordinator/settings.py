@@ -71,7 +71,25 @@ class CoordinatorSettings(StrataSettings):
     learning_rate: float = Field(5e-4, gt=0, description="Local AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Local AdamW weight decay")
     max_seq_len: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation length)")
-    encoding: str = Field("fp32", description=f"Update encoding: {', '.join(ENCODINGS)}")
+    encoding: str = Field("fp32", description=f"Upstream update encoding: {', '.join(ENCODINGS)}")
+    topk_fraction: float = Field(
+        0.1, gt=0, le=1, description="topk: share of each tensor's entries a worker sends"
+    )
+    downstream: str = Field(
+        "delta",
+        pattern="^(delta|snapshot)$",
+        description="What workers download each round: delta (the global updates since their version) or snapshot (the whole model)",
+    )
+    down_encoding: str = Field(
+        "fp32", description=f"Encoding of the global update sent downstream: {', '.join(ENCODINGS)}"
+    )
+    history: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Global updates kept for workers that are behind; further behind gets a snapshot",
+    )
+    zstd_level: int = Field(1, ge=1, le=19, description="zstd level for everything the coordinator encodes")
     seed: int = Field(0, ge=0, description="Seed for the initial head, participant choice and local shuffles")
     worker_timeout: float = Field(
         60.0, gt=0, description="A worker not heard from for this many seconds is offline"
@@ -92,7 +110,7 @@ class CoordinatorSettings(StrataSettings):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("encoding")
+    @field_validator("encoding", "down_encoding")
     @classmethod
     def _check_encoding(cls, v: str) -> str:
         if v not in ENCODINGS:

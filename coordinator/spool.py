@@ -27,6 +27,10 @@ class SpoolWriter:
         self._fh.write(_LEN.pack(len(data)))
         self._fh.write(data)
 
+    def flush(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+
     def commit(self) -> Path:
         self._fh.flush()
         os.fsync(self._fh.fileno())

@@ -303,5 +303,12 @@ class FrameAssembler:
             raise InvalidInput(f"{name}: the stream ended inside this frame")
 
 
+def add_update(param: torch.Tensor, values: torch.Tensor, start: int = 0) -> None:
+    """param[start:start+n] += values, in the parameter's dtype, on its device: the one operation that
+    applies a global update, on the coordinator and on every worker alike, so their copies stay equal."""
+    flat = param.data.view(-1)
+    flat[start : start + values.numel()].add_(values.reshape(-1).to(device=flat.device, dtype=flat.dtype))
+
+
 def expected_of(tensors: dict[str, torch.Tensor]) -> dict[str, Expected]:
     return {n: Expected(tuple(t.shape), dtype_name(t.dtype)) for n, t in tensors.items()}

@@ -29,6 +29,7 @@ class RoundTask:
     config: TrainingConfig
     encoding: str
     total_rounds: int
+    topk_fraction: float = 0.1
 
 
 def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
@@ -65,6 +66,7 @@ def task_to_proto(t: RoundTask) -> pb.Task:
         config=training_config_to_proto(t.config),
         encoding=t.encoding,
         total_rounds=t.total_rounds,
+        topk_fraction=t.topk_fraction,
     )
 
 
@@ -79,4 +81,5 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         config=training_config_from_proto(m.config),
         encoding=m.encoding,
         total_rounds=m.total_rounds,
+        topk_fraction=m.topk_fraction,
     )

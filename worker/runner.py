@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,14 +13,15 @@ import grpc
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from strata import __version__
+from strata import __version__, codec, tensorfile
+from strata.codec import Codec
 from strata.data import DataError, Example, find_split, read_examples, read_labels
 from strata.errors import InvalidInput
-from strata.frames import FrameAssembler, encode_tensor, pieces
+from strata.feedback import with_feedback
+from strata.frames import FrameAssembler, add_update, expected_of, header_of, pieces
 from strata.modeling import (
     evaluate,
     global_tensors,
-    load_tensors,
     model_from_assets,
     pick_device,
     write_assets,
@@ -85,8 +87,15 @@ def check_labels(data: LocalData, local_labels: list[str] | None, federation_lab
         )
 
 
-def update_chunks(worker_id: str, task: RoundTask, result: TrainResult) -> Iterator[pb.UpdateChunk]:
-    """The update as a stream: header, then one frame per tensor in ≤1 MiB pieces, then the end marker."""
+def update_chunks(
+    worker_id: str, task: RoundTask, result: TrainResult, encoded: dict[str, codec.Encoded] | None = None
+) -> Iterator[pb.UpdateChunk]:
+    """The update as a stream: header, then one frame per tensor in ≤1 MiB pieces, then the end marker.
+
+    `encoded` defaults to the task's encoding of result.delta without error feedback.
+    """
+    if encoded is None:
+        encoded, _ = encode_update(result, task, {})
     yield pb.UpdateChunk(
         header=pb.UpdateHeader(
             worker_id=worker_id,
@@ -98,15 +107,23 @@ def update_chunks(worker_id: str, task: RoundTask, result: TrainResult) -> Itera
             train_accuracy=result.accuracy,
             train_seconds=result.seconds,
             num_steps=result.num_steps,
-            num_tensors=len(result.delta),
+            num_tensors=len(encoded),
         )
     )
-    for name in sorted(result.delta):
-        header, payload = encode_tensor(name, result.delta[name], task.encoding)
-        yield pb.UpdateChunk(tensor=header)
-        for piece in pieces(payload):
-            yield pb.UpdateChunk(data=piece)
-    yield pb.UpdateChunk(end=pb.UpdateEnd(num_tensors=len(result.delta)))
+    for name in sorted(encoded):
+        enc = encoded[name]
+        yield pb.UpdateChunk(tensor=header_of(name, result.delta[name], enc))
+        for block in enc.blocks:
+            for piece in pieces(block):
+                yield pb.UpdateChunk(data=piece)
+    yield pb.UpdateChunk(end=pb.UpdateEnd(num_tensors=len(encoded)))
+
+
+def encode_update(
+    result: TrainResult, task: RoundTask, residual: dict[str, torch.Tensor]
+) -> tuple[dict[str, codec.Encoded], dict[str, torch.Tensor]]:
+    """The task's encoding of Δ plus the carried error (error feedback for lossy encodings)."""
+    return with_feedback(result.delta, residual, Codec(task.encoding, task.topk_fraction or 0.1))
 
 
 class Worker:
@@ -130,6 +147,8 @@ class Worker:
         self.hash = ""
         self.evaluated: set[int] = set()
         self.rounds_done = 0
+        self.snapshots = 0  # full downloads; the rest were global updates
+        self.dirty = False  # True while the model may not equal any version (a download was cut)
         self.data: LocalData | None = None
         self.local_labels: list[str] | None = None
         self.max_seq_len = 128
@@ -152,6 +171,7 @@ class Worker:
         check_labels(self.data, self.local_labels, list(reply.labels))
         self.worker_id = reply.worker_id
         self.federation = reply.federation
+        self.residual_path = self.s.cache_dir / reply.federation / f"{self.s.name}-residual.safetensors"
         log.info(
             "%s joined federation %s: %d training / %d held-out examples on %s",
             self.s.name,
@@ -195,12 +215,16 @@ class Worker:
             label=f"{self.s.name} round {task.round}",
             worker=self.s.name,
         )
-        if self.on_update is not None:
-            self.on_update(task, result)
+        residual = tensorfile.load(self.residual_path) if self.residual_path.is_file() else {}
+        encoded, new_residual = encode_update(result, task, residual)
+        if self.on_update is not None:  # what the coordinator will decode, for tests and tools
+            sent = {n: codec.decode(e).reshape(result.delta[n].shape) for n, e in encoded.items()}
+            self.on_update(task, dataclasses.replace(result, delta=sent))
         timeout = max(30.0, task.deadline_unix - time.time() + 30.0)
         try:  # a fresh stream on every attempt: a connection lost midway is retried from the start
             reply = self.client.call(
-                lambda: self.client.push(update_chunks(self.worker_id, task, result), timeout), "push"
+                lambda: self.client.push(update_chunks(self.worker_id, task, result, encoded), timeout),
+                "push",
             )
         except grpc.RpcError as err:
             if err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
@@ -208,6 +232,8 @@ class Worker:
                 return
             raise
         self.rounds_done += 1
+        if new_residual:  # the error this round's encoding held back travels with the next update
+            tensorfile.save(self.residual_path, new_residual)
         log.info(
             "round %d: sent %d bytes (%.1fx smaller than raw), loss %.4f, %.1fs training",
             task.round,
@@ -218,14 +244,20 @@ class Worker:
         )
 
     def ensure_version(self, version: int, expected_hash: str) -> None:
-        """Pull the version if we do not hold it; check the content hash of what we hold."""
-        if self.model is not None and self.version == version and self.hash == expected_hash:
+        """Bring the model to `version`: the global updates since ours, or a snapshot; check its hash."""
+        if (
+            self.model is not None
+            and self.version == version
+            and self.hash == expected_hash
+            and not self.dirty
+        ):
             return
         for attempt in range(3):
             try:
-                self._pull(include_assets=self.model is None)
+                self._pull()
             except InvalidInput as exc:
-                log.warning("model download was corrupt (%s); retrying", exc)
+                log.warning("model download failed its checks (%s); fetching a snapshot", exc)
+                self.dirty = True
                 continue
             if self.version == version and self.hash == expected_hash:
                 return
@@ -239,48 +271,80 @@ class Worker:
             )
         raise WorkerError(f"could not obtain model version {version} with hash {expected_hash[:12]}")
 
-    def _pull(self, include_assets: bool) -> None:
-        def fetch() -> tuple[pb.ModelHeader, dict[str, bytes], dict[str, torch.Tensor]]:
-            req = pb.PullRequest(worker_id=self.worker_id, have_version=0, include_assets=include_assets)
-            expected = None
-            asm = FrameAssembler(expected)
+    def _pull(self) -> None:
+        """One PullModel call, applied block by block as it arrives (memory: one block, not a model)."""
+        holds = self.model is not None and not self.dirty
+        req = pb.PullRequest(
+            worker_id=self.worker_id,
+            have_version=self.version if holds else 0,
+            have_hash=self.hash if holds else "",
+            include_assets=self.model is None,
+        )
+        state: dict[str, Any] = {"kind": None, "params": {}}
+
+        def on_block(name: str, start: int, values: torch.Tensor) -> None:
+            p = state["params"].get(name)
+            if p is None:
+                raise InvalidInput(f"{name}: no such tensor in the model")
+            self.dirty = True  # until the final hash matches
+            with torch.no_grad():
+                if state["kind"] == pb.ModelHeader.SNAPSHOT:
+                    p.data.view(-1)[start : start + values.numel()].copy_(values.to(p.device, p.dtype))
+                else:
+                    add_update(p, values, start)
+
+        def fetch() -> pb.ModelHeader:
+            asm = FrameAssembler(on_block=on_block)
             header: pb.ModelHeader | None = None
             files: dict[str, bytes] = {}
-            tensors: dict[str, torch.Tensor] = {}
             for chunk in self.client.pull(req):
                 part = chunk.WhichOneof("part")
-                done: tuple[str, Any] | None = None
                 if part == "header":
                     header = chunk.header
+                    state["kind"] = header.kind
                 elif part == "file":
-                    done = asm.file(chunk.file)
-                elif part == "tensor":
-                    done = asm.tensor(chunk.tensor)
+                    if (done := asm.file(chunk.file)) is not None:
+                        files[done[0]] = done[1]
+                elif part in ("tensor", "mark"):
+                    if not state["params"]:
+                        self._build(files)
+                        assert self.model is not None
+                        state["params"] = dict(self.model.named_parameters())
+                        asm.expected = expected_of(global_tensors(self.model))
+                    if part == "mark":
+                        asm.seen.clear()  # each update names the same tensors again
+                    else:
+                        asm.tensor(chunk.tensor)
                 elif part == "data":
-                    done = asm.data(chunk.data)
+                    if (done := asm.data(chunk.data)) is not None and isinstance(done[1], bytes):
+                        files[done[0]] = done[1]
                 elif part == "end":
                     asm.finish()
                     break
-                if done is not None:
-                    name, value = done
-                    (files if isinstance(value, bytes) else tensors)[name] = value
             if header is None:
                 raise InvalidInput("model stream without a header")
-            return header, files, tensors
+            self._build(files)
+            return header
 
-        header, files, tensors = self.client.call(fetch, "pull")
-        if files:
-            assets = write_assets(files, self.s.cache_dir / self.federation / "assets")
-            self.model, self.tokenizer = model_from_assets(assets)
-            self.model.to(self.device)  # type: ignore[arg-type]
+        header = self.client.call(fetch, "pull")
         assert self.model is not None
-        load_tensors(self.model, tensors)
+        if header.kind == pb.ModelHeader.SNAPSHOT:
+            self.snapshots += 1
         self.version = header.version
         self.hash = model_hash(global_tensors(self.model))
         if self.hash != header.model_hash:
             raise InvalidInput(
                 f"model hash after download {self.hash[:12]} differs from the announced {header.model_hash[:12]}"
             )
+        self.dirty = False
+
+    def _build(self, files: dict[str, bytes]) -> None:
+        """Build the architecture and tokenizer from the assets the coordinator sent (first pull only)."""
+        if self.model is not None or not files:
+            return
+        assets = write_assets(files, self.s.cache_dir / self.federation / "assets")
+        self.model, self.tokenizer = model_from_assets(assets)
+        self.model.to(self.device)  # type: ignore[arg-type]
 
     def evaluate_version(self, round_number: int) -> None:
         assert self.data is not None

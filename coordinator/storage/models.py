@@ -120,6 +120,7 @@ class Round(Base):
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     raw_bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw_bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     train_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     test_loss: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -65,7 +65,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds")
+    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -84,6 +84,7 @@ class Task(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     model_version: int
@@ -92,17 +93,20 @@ class Task(_message.Message):
     config: TrainingConfig
     encoding: str
     total_rounds: int
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ...) -> None: ...
+    topk_fraction: float
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("worker_id", "have_version", "include_assets")
+    __slots__ = ("worker_id", "have_version", "include_assets", "have_hash")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_ASSETS_FIELD_NUMBER: _ClassVar[int]
+    HAVE_HASH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     have_version: int
     include_assets: bool
-    def __init__(self, worker_id: _Optional[str] = ..., have_version: _Optional[int] = ..., include_assets: _Optional[bool] = ...) -> None: ...
+    have_hash: str
+    def __init__(self, worker_id: _Optional[str] = ..., have_version: _Optional[int] = ..., include_assets: _Optional[bool] = ..., have_hash: _Optional[str] = ...) -> None: ...
 
 class FileHeader(_message.Message):
     __slots__ = ("name", "size", "crc32")
@@ -115,16 +119,40 @@ class FileHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class ModelHeader(_message.Message):
-    __slots__ = ("version", "model_hash", "num_tensors", "num_files")
+    __slots__ = ("version", "model_hash", "num_tensors", "num_files", "kind", "base_version")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[ModelHeader.Kind]
+        SNAPSHOT: _ClassVar[ModelHeader.Kind]
+        UPDATES: _ClassVar[ModelHeader.Kind]
+        CURRENT: _ClassVar[ModelHeader.Kind]
+    KIND_UNSPECIFIED: ModelHeader.Kind
+    SNAPSHOT: ModelHeader.Kind
+    UPDATES: ModelHeader.Kind
+    CURRENT: ModelHeader.Kind
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     NUM_FILES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     model_hash: str
     num_tensors: int
     num_files: int
-    def __init__(self, version: _Optional[int] = ..., model_hash: _Optional[str] = ..., num_tensors: _Optional[int] = ..., num_files: _Optional[int] = ...) -> None: ...
+    kind: ModelHeader.Kind
+    base_version: int
+    def __init__(self, version: _Optional[int] = ..., model_hash: _Optional[str] = ..., num_tensors: _Optional[int] = ..., num_files: _Optional[int] = ..., kind: _Optional[_Union[ModelHeader.Kind, str]] = ..., base_version: _Optional[int] = ...) -> None: ...
+
+class VersionMark(_message.Message):
+    __slots__ = ("version", "model_hash", "num_tensors")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    model_hash: str
+    num_tensors: int
+    def __init__(self, version: _Optional[int] = ..., model_hash: _Optional[str] = ..., num_tensors: _Optional[int] = ...) -> None: ...
 
 class ModelEnd(_message.Message):
     __slots__ = ("num_tensors", "num_files")
@@ -135,18 +163,20 @@ class ModelEnd(_message.Message):
     def __init__(self, num_tensors: _Optional[int] = ..., num_files: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
-    __slots__ = ("header", "file", "tensor", "data", "end")
+    __slots__ = ("header", "file", "tensor", "data", "end", "mark")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    MARK_FIELD_NUMBER: _ClassVar[int]
     header: ModelHeader
     file: FileHeader
     tensor: _tensor_pb2.TensorHeader
     data: bytes
     end: ModelEnd
-    def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ModelEnd, _Mapping]] = ...) -> None: ...
+    mark: VersionMark
+    def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ModelEnd, _Mapping]] = ..., mark: _Optional[_Union[VersionMark, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
     __slots__ = ("worker_id", "round", "base_version", "base_hash", "num_samples", "train_loss", "train_accuracy", "train_seconds", "num_steps", "num_tensors")

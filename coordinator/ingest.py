@@ -1,0 +1,154 @@
+"""Streaming aggregation: each update is decoded block by block as it arrives and added, weighted by its
+samples, into one float32 buffer per tensor, while its chunks are spooled to disk. An update that
+turns out bad midway is taken out again by replaying its spooled blocks, so it is dropped whole and
+memory never holds more than the sums and one block per upload in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from coordinator import spool
+from strata.errors import FailedPrecondition, InvalidInput
+from strata.frames import Expected, FrameAssembler
+from strata.proto.v1 import coordinator_pb2 as pb
+
+
+class RoundSums:
+    """Σ_k n_k Δ_k per tensor (float32) and Σ_k n_k per tensor, over the updates accepted so far."""
+
+    def __init__(self, expected: dict[str, Expected]) -> None:
+        self.expected = expected
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.total_samples = 0
+        self.num_updates = 0
+
+    def add(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
+        buf = self.sums.get(name)
+        if buf is None:
+            numel = math.prod(self.expected[name].shape) if self.expected[name].shape else 1
+            buf = self.sums[name] = torch.zeros(numel, dtype=torch.float32)
+        buf[start : start + values.numel()].add_(values, alpha=weight)
+
+    def commit(self, names: set[str], num_samples: int) -> None:
+        for name in names:
+            self.counts[name] = self.counts.get(name, 0) + num_samples
+        self.total_samples += num_samples
+        self.num_updates += 1
+
+    def means(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, Δ̄) per tensor that any accepted update carried, in the model's shape; frees the sums."""
+        for name in sorted(self.counts):
+            buf = self.sums.pop(name)
+            buf.div_(self.counts[name])
+            yield name, buf.reshape(self.expected[name].shape)
+
+
+@dataclass
+class Received:
+    names: set[str]
+    payload_bytes: int
+    raw_bytes: int
+    norm: float
+
+
+@dataclass
+class Upload:
+    """One update being received: its spool file and how many of its blocks are in the sums."""
+
+    writer: spool.SpoolWriter
+    num_samples: int
+    added: int = 0
+    sq: float = 0.0
+    evicted: bool = False
+
+
+def evict(upload: Upload, sums: RoundSums) -> None:
+    """Take a partly received update out of the sums (its round closed under it)."""
+    if upload.evicted:
+        return
+    upload.writer.flush()
+    rollback(upload.writer.tmp, sums, upload.num_samples, upload.added)
+    upload.evicted = True
+
+
+async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload: Upload) -> Received:
+    """Decode, validate and accumulate one update's frames; on any failure, take them out again."""
+
+    def add(name: str, start: int, values: torch.Tensor) -> None:
+        if upload.evicted:
+            raise FailedPrecondition("the round closed while this update was uploading")
+        sums.add(name, start, values, float(upload.num_samples))
+        upload.sq += float(values.double().pow(2).sum())
+        upload.added += 1
+
+    asm = FrameAssembler(sums.expected, on_block=add)
+    try:
+        names = await _consume(chunks, asm, upload.writer)
+    except BaseException:
+        if not upload.evicted:
+            evict(upload, sums)
+        raise
+    if upload.evicted:
+        raise FailedPrecondition("the round closed while this update was uploading")
+    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(upload.sq))
+
+
+async def _consume(
+    chunks: AsyncIterator[pb.UpdateChunk], asm: FrameAssembler, writer: spool.SpoolWriter
+) -> set[str]:
+    names: set[str] = set()
+    async for chunk in chunks:
+        writer.write(chunk)
+        part = chunk.WhichOneof("part")
+        if part == "tensor":
+            done = asm.tensor(chunk.tensor)
+        elif part == "data":
+            done = asm.data(chunk.data)
+        elif part == "end":
+            asm.finish()
+            if chunk.end.num_tensors != len(names):
+                raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(names)} arrived")
+            missing = set(asm.expected or ()) - names
+            if missing:
+                raise InvalidInput(f"update lacks {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
+            return names
+        else:
+            raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
+        if done is not None:
+            names.add(done[0])
+    raise InvalidInput("the stream ended before the end marker")
+
+
+def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None:
+    """Subtract the first `blocks` blocks of a partly received update, replayed from its spool file."""
+    if blocks == 0:
+        return
+    left = blocks
+
+    def subtract(name: str, start: int, values: torch.Tensor) -> None:
+        nonlocal left
+        if left > 0:
+            sums.add(name, start, values, -float(num_samples))
+            left -= 1
+
+    asm = FrameAssembler(sums.expected, on_block=subtract)
+    for chunk in spool.read(path):
+        if left == 0:
+            break
+        part = chunk.WhichOneof("part")
+        try:
+            if part == "tensor":
+                asm.tensor(chunk.tensor)
+            elif part == "data":
+                asm.data(chunk.data)
+        except InvalidInput:
+            break  # the part that was refused: everything before it has been replayed
+    if left:
+        raise RuntimeError(f"could not replay {left} block(s) from {path} to undo a rejected update")
