@@ -21,7 +21,12 @@ SECTIONS = [
 def tables() -> str:
     out = []
     for title, cls in SECTIONS:
-        out += [f"### {title}", "", "| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+        out += [
+            f"### {title}",
+            "",
+            "| flag | environment variable | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for flag, env, default, desc in cls.documentation():
             if "SecretStr" in default or default == "PydanticUndefined":
                 default = "(none)"
