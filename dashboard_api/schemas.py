@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 T = TypeVar("T")
 
@@ -73,7 +73,8 @@ class RoundOut(_Out):
     num_samples: int = Field(description="Training samples behind the aggregated updates.")
     bytes_up: int = Field(description="Compressed bytes uploaded by workers in this round.")
     bytes_down: int = Field(description="Bytes of model sent down to workers in this round.")
-    raw_bytes_up: int = Field(description="Uncompressed size of the uploaded updates, in bytes.")
+    raw_bytes_up: int = Field(description="Uncompressed (fp32) size of the uploaded updates, in bytes.")
+    raw_bytes_down: int = Field(description="Uncompressed (fp32) size of what was sent down, in bytes.")
     train_loss: float | None = Field(description="Sample-weighted mean training loss of the updates.")
     train_accuracy: float | None = Field(description="Sample-weighted mean training accuracy of the updates.")
     test_loss: float | None = Field(description="Test loss of the round's resulting model.")
@@ -86,6 +87,16 @@ class RoundOut(_Out):
     eval_seconds: float | None = Field(description="Seconds spent evaluating the resulting model.")
     duration_seconds: float | None = Field(description="Seconds from opening to closing the round.")
     error: str | None = Field(description="Why the round failed, if it did.")
+
+    @computed_field(description="Upstream saving: fp32 size over bytes sent (null when nothing was sent).")  # type: ignore[prop-decorator]
+    @property
+    def up_ratio(self) -> float | None:
+        return self.raw_bytes_up / self.bytes_up if self.bytes_up else None
+
+    @computed_field(description="Downstream saving: fp32 size over bytes sent (null when nothing was sent).")  # type: ignore[prop-decorator]
+    @property
+    def down_ratio(self) -> float | None:
+        return self.raw_bytes_down / self.bytes_down if self.bytes_down else None
 
 
 class UpdateOut(_Out):

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from strata import synthetic
+from strata.codec import ENCODINGS
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
 from strata.split import dirichlet_split, holdout, label_histogram
 
@@ -89,6 +90,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--seed", type=int, default=0, help="seed for data, split and model (default 0)")
     p.add_argument("--port", type=int, default=0, help="dashboard API port (default: a free one)")
+    p.add_argument(
+        "--encoding", choices=ENCODINGS, default="fp32", help="upstream update encoding (default fp32)"
+    )
+    p.add_argument(
+        "--topk-fraction", type=float, default=0.1, help="topk: share of entries sent (default 0.1)"
+    )
+    p.add_argument(
+        "--down-encoding",
+        choices=ENCODINGS,
+        help="encoding of the global update sent down (default: --encoding)",
+    )
+    p.add_argument(
+        "--downstream",
+        choices=["delta", "snapshot"],
+        default="delta",
+        help="workers download the global updates (delta, default) or the whole model (snapshot)",
+    )
     p.set_defaults(func=main)
 
 
@@ -251,6 +269,14 @@ class Demo:
                 str(a.max_seq_len),
                 "--seed",
                 str(a.seed),
+                "--encoding",
+                a.encoding,
+                "--topk-fraction",
+                str(a.topk_fraction),
+                "--down-encoding",
+                a.down_encoding or a.encoding,
+                "--downstream",
+                a.downstream,
             ],
             {"STRATA_COORDINATOR_WORKER_TOKENS": ",".join(tokens), "OMP_NUM_THREADS": "2"},
         )
@@ -384,27 +410,31 @@ def _mb(n: Any) -> str:
     return f"{(int(n or 0)) / 1e6:.2f} MB"
 
 
+def _ratio(v: Any) -> str:
+    return f"{v:.1f}x" if isinstance(v, (int, float)) else "–"
+
+
 def round_line(r: dict[str, Any], total: int) -> str:
     if r["state"] == "failed":
         return f"round {r['number']}: FAILED: {r.get('error')}"
-    acc = r.get("test_accuracy")
-    loss = r.get("test_loss")
+    acc, loss = r.get("test_accuracy"), r.get("test_loss")
+    head = f"round {r['number']}/{total}  " + (
+        f"test acc {acc:.4f}  test loss {loss:.4f}  " if acc is not None else ""
+    )
     return (
-        (
-            f"round {r['number']}/{total}  test acc {acc:.4f}  test loss {loss:.4f}  "
-            if acc is not None
-            else f"round {r['number']}/{total}  "
-        )
-        + f"train loss {r.get('train_loss') or 0:.4f}  up {_mb(r['bytes_up'])}  down {_mb(r['bytes_down'])}  "
+        head + f"train loss {r.get('train_loss') or 0:.4f}  "
+        f"up {_mb(r['bytes_up'])} ({_ratio(r.get('up_ratio'))} < fp32)  "
+        f"down {_mb(r['bytes_down'])} ({_ratio(r.get('down_ratio'))} < fp32)  "
         f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
     )
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The final table as markdown: round, test accuracy, loss, bytes up and down, seconds."""
+    """The final table as markdown: round, test accuracy, loss, bytes up and down (and their ratio to
+    fp32), seconds."""
     out = [
-        "| round | state | test accuracy | test loss | train loss | bytes up | bytes down | seconds |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| round | state | test accuracy | test loss | train loss | bytes up | up ratio | bytes down | down ratio | seconds |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
 
@@ -414,7 +444,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
         out.append(
             f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
-            f"{int(r['bytes_up'] or 0):,} | {int(r['bytes_down'] or 0):,} | {f('duration_seconds', '.1f')} |"
+            f"{int(r['bytes_up'] or 0):,} | {_ratio(r.get('up_ratio'))} | {int(r['bytes_down'] or 0):,} | "
+            f"{_ratio(r.get('down_ratio'))} | {f('duration_seconds', '.1f')} |"
         )
     return "\n".join(out)
 
