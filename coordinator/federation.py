@@ -406,12 +406,13 @@ class FederationRunner:
             got = await receive(chunks, r.sums, upload)
         except BaseException as exc:
             writer.abort()
-            late = isinstance(exc, FailedPrecondition)
-            reason = (
-                str(exc)
-                if isinstance(exc, InvalidInput | FailedPrecondition)
-                else f"stream ended early ({type(exc).__name__})"
-            )
+            late = upload.evicted or isinstance(exc, FailedPrecondition)
+            if upload.evicted:
+                reason = "the round closed while this update was uploading"
+            elif isinstance(exc, InvalidInput | FailedPrecondition):
+                reason = str(exc)
+            else:
+                reason = f"stream ended early ({type(exc).__name__})"
             self.store.record_update(
                 r.db_id,
                 sess.db_id,

@@ -66,15 +66,21 @@ class Upload:
     num_samples: int
     added: int = 0
     sq: float = 0.0
-    evicted: bool = False
+    undone: bool = False  # its blocks were taken out of the sums again
+    evicted: bool = False  # its round closed before it was complete
+
+
+def undo(upload: Upload, sums: RoundSums) -> None:
+    """Take what a partly received update added out of the sums, once."""
+    if not upload.undone:
+        upload.writer.flush()
+        rollback(upload.writer.tmp, sums, upload.num_samples, upload.added)
+        upload.undone = True
 
 
 def evict(upload: Upload, sums: RoundSums) -> None:
-    """Take a partly received update out of the sums (its round closed under it)."""
-    if upload.evicted:
-        return
-    upload.writer.flush()
-    rollback(upload.writer.tmp, sums, upload.num_samples, upload.added)
+    """The round closed under this upload: take it out of the sums and refuse the rest of it."""
+    undo(upload, sums)
     upload.evicted = True
 
 
@@ -92,8 +98,7 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
     try:
         names = await _consume(chunks, asm, upload.writer)
     except BaseException:
-        if not upload.evicted:
-            evict(upload, sums)
+        undo(upload, sums)
         raise
     if upload.evicted:
         raise FailedPrecondition("the round closed while this update was uploading")
