@@ -320,7 +320,7 @@ class FederationRunner:
                 model_hash=h,
                 num_tensors=sum(counts),
                 num_files=len(files),
-                kind=kind,
+                kind=kind,  # type: ignore[arg-type]
                 base_version=req.have_version if kind == pb.ModelHeader.UPDATES else 0,
             )
         )

@@ -14,6 +14,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,6 +39,8 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 #: called with (tensor name, offset of the block's first element, the block's flat float32 values)
 BlockSink = Callable[[str, int, torch.Tensor], None]
+#: a completed frame: (name, tensor) or (name, None) when blocks went to a sink, or (name, bytes) for a file
+Done = tuple[str, Any] | None
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -209,13 +212,13 @@ class FrameAssembler:
             raise InvalidInput(f"{name}: sent twice")
         self.seen.add(name)
 
-    def tensor(self, header: tensor_pb2.TensorHeader) -> tuple[str, torch.Tensor | None] | None:
+    def tensor(self, header: tensor_pb2.TensorHeader) -> Done:
         layout = check_header(header, self.expected)
         self._start(header.name)
         self._tensor = _TensorState(header, layout, collect=self.on_block is None)
         return self._finish_tensor() if header.payload_bytes == 0 else None
 
-    def file(self, header: pb.FileHeader) -> tuple[str, bytes] | None:
+    def file(self, header: pb.FileHeader) -> Done:
         if not _FILE_NAME.fullmatch(header.name) or header.name.startswith("."):
             raise InvalidInput(f"file name {header.name!r} is not a plain file name")
         if header.size > self.max_file_bytes:
@@ -225,7 +228,7 @@ class FrameAssembler:
         self._buf = bytearray()
         return self._finish_file() if header.size == 0 else None
 
-    def data(self, piece: bytes) -> tuple[str, torch.Tensor | None] | tuple[str, bytes] | None:
+    def data(self, piece: bytes) -> Done:
         if self._tensor is not None:
             return self._tensor_data(self._tensor, piece)
         if self._file is not None:
