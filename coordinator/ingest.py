@@ -91,7 +91,7 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
         if upload.evicted:
             raise FailedPrecondition("the round closed while this update was uploading")
         sums.add(name, start, values, float(upload.num_samples))
-        upload.sq += float(values.double().pow(2).sum())
+        upload.sq += float(torch.dot(values, values))
         upload.added += 1
 
     asm = FrameAssembler(sums.expected, on_block=add)

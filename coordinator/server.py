@@ -20,6 +20,7 @@ from coordinator.service import CoordinatorService
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.db import migrate
 from coordinator.storage.store import Store
+from strata.memory import tune_malloc
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -39,6 +40,7 @@ class CoordinatorServer:
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
+        tune_malloc()
         migrate(settings.database_url)
         self.store = Store(settings.database_url)
         self.runner = FederationRunner(settings, self.store)

@@ -76,11 +76,26 @@ def shuffle(a: np.ndarray) -> bytes:
 
 
 def unshuffle(buf: bytes | memoryview, dtype: np.dtype, n: int) -> np.ndarray:
+    """Undo shuffle(): rebuild each element from its byte planes with shifts and ors (contiguous passes,
+    several times faster than a strided transpose)."""
     size = np.dtype(dtype).itemsize
     raw = np.frombuffer(buf, dtype=np.uint8, count=n * size)
     if size == 1:
         return raw.view(dtype).copy()
-    return raw.reshape(size, n).T.copy().view(dtype).reshape(n)
+    planes = raw.reshape(size, n)
+    wide = np.dtype(f"<u{size}")
+    out = planes[0].astype(wide)
+    for i in range(1, size):
+        out |= planes[i].astype(wide) << (8 * i)
+    return out.view(np.dtype(dtype).newbyteorder("<"))
+
+
+def _bf16_planes_to_f32(buf: bytes | memoryview, n: int) -> torch.Tensor:
+    """Shuffled bfloat16 values straight to float32 (a bfloat16 is the top half of a float32)."""
+    planes = np.frombuffer(buf, dtype=np.uint8, count=2 * n).reshape(2, n)
+    out = planes[0].astype("<u4") << 16
+    out |= planes[1].astype("<u4") << 24
+    return torch.from_numpy(out.view("<f4"))
 
 
 # ---------------------------------------------------------------- encoders (one block of flat fp32 values)
@@ -88,10 +103,6 @@ def unshuffle(buf: bytes | memoryview, dtype: np.dtype, n: int) -> np.ndarray:
 
 def _bf16_bits(x: torch.Tensor) -> np.ndarray:
     return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-
-
-def _from_bf16_bits(bits: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16).to(torch.float32)
 
 
 def topk_count(n: int, fraction: float) -> int:
@@ -153,7 +164,7 @@ def decode_block(raw: bytes, encoding: str, n: int, group: int) -> torch.Tensor:
         return torch.from_numpy(unshuffle(raw, np.dtype("<f4"), n))
     if encoding == "bf16":
         _expect(len(raw), 2 * n)
-        return _from_bf16_bits(unshuffle(raw, np.dtype("<u2"), n))
+        return _bf16_planes_to_f32(raw, n)
     if encoding == "int8":
         ng = math.ceil(n / group)
         _expect(len(raw), 4 * ng + n)
@@ -161,6 +172,8 @@ def decode_block(raw: bytes, encoding: str, n: int, group: int) -> torch.Tensor:
         q = torch.from_numpy(np.frombuffer(raw, dtype=np.int8, count=n, offset=4 * ng).astype(np.float32))
         if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
             raise CodecError("invalid int8 scale")
+        if n % group == 0:
+            return (q.reshape(-1, group) * scale[:, None]).reshape(-1)
         return (q.reshape(-1) * torch.repeat_interleave(scale, group)[:n]).contiguous()
     if encoding == "topk":
         if len(raw) < 4:
@@ -175,7 +188,7 @@ def decode_block(raw: bytes, encoding: str, n: int, group: int) -> torch.Tensor:
         idx = np.cumsum(gaps)
         if k and int(idx[-1]) >= n:
             raise CodecError("top-k index out of range")
-        values = _from_bf16_bits(unshuffle(memoryview(raw)[4 + 4 * k :], np.dtype("<u2"), k))
+        values = _bf16_planes_to_f32(memoryview(raw)[4 + 4 * k :], k)
         out = torch.zeros(n, dtype=torch.float32)
         out[torch.from_numpy(idx)] = values
         return out

