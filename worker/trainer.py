@@ -82,8 +82,11 @@ def train(
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     bar.close()
     model.eval()
+    # only what was trained travels: frozen tensors (requires_grad False) did not move
     delta = {
-        name: t.detach().to("cpu", torch.float32) - base[name] for name, t in global_tensors(model).items()
+        name: p.detach().to("cpu", torch.float32) - base[name]
+        for name, p in model.named_parameters()
+        if p.requires_grad
     }
     load_tensors(
         model, base

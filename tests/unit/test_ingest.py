@@ -138,3 +138,16 @@ def test_a_tensor_larger_than_protobufs_2_gib_limit_streams_through(tmp_path: Pa
         and mean[-3] == -127.0
         and float(mean[: n - 3].abs().max()) == 0.0
     )
+
+
+def test_each_tensor_is_averaged_over_the_updates_that_carry_it(tmp_path: Path) -> None:
+    d1, d2 = model(6), model(7)
+    sums = RoundSums(expected_of(d1))
+    ingest(sums, stream(d1, Codec("fp32")), 1, tmp_path / "1.update")
+    sums.commit(set(d1), 1)
+    only_bias = {"b.bias": d2["b.bias"]}  # this worker froze a.weight: it did not travel
+    ingest(sums, stream(only_bias, Codec("fp32")), 3, tmp_path / "2.update")
+    sums.commit(set(only_bias), 3)
+    means = dict(sums.means())
+    torch.testing.assert_close(means["a.weight"], d1["a.weight"])
+    torch.testing.assert_close(means["b.bias"], (d1["b.bias"] + 3 * d2["b.bias"]) / 4)

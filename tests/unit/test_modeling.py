@@ -228,3 +228,32 @@ def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
     c = train(model, tok, examples, cfg, 1, progress=False, worker="org-2")
     assert all(torch.equal(a.delta[k], b.delta[k]) for k in a.delta)
     assert any(not torch.equal(a.delta[k], c.delta[k]) for k in a.delta)  # workers get their own dropout
+
+
+def test_only_trained_tensors_travel(tmp_path: Path) -> None:
+    from strata.serde import TrainingConfig
+    from worker.trainer import train
+
+    texts = [e.text for e in synthetic.generate(60, seed=3)]
+    model_dir = make_tiny_model_dir(
+        tmp_path / "m",
+        texts,
+        synthetic.LABELS,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=300,
+        max_len=32,
+    )
+    model, tok = load_model(model_dir, synthetic.LABELS)
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("classifier.")
+    res = train(
+        model,
+        tok,
+        synthetic.generate(16, seed=1),
+        TrainingConfig(batch_size=8, max_seq_len=32),
+        1,
+        progress=False,
+    )
+    assert set(res.delta) == {"classifier.weight", "classifier.bias"}
