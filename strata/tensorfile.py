@@ -1,21 +1,68 @@
-"""Tensors on disk as safetensors, written atomically (temp file, fsync, rename, fsync of the folder)."""
+"""Tensors on disk as safetensors, written atomically and one tensor at a time.
+
+The writer streams each tensor's bytes straight into the file (safetensors' own `save_file` first
+copies every tensor into Python bytes, which would double the memory of a model-sized save), then
+fsyncs, renames over the target and fsyncs the folder, so a kill at any instant leaves either the
+old file or the new one.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().reshape(-1).data.cast("B")
 
 
 def save(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors so that a kill at any instant leaves either the old file or the new one."""
+    """Write tensors as a safetensors file, atomically, holding at most one tensor's copy at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name}: dtype {t.dtype} cannot be stored")
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
+    with open(tmp, "wb") as fh:
+        fh.write(len(head).to_bytes(8, "little"))
+        fh.write(head)
+        for name in names:
+            fh.write(_raw(tensors[name]))
+        fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
