@@ -119,6 +119,9 @@ def test_two_rounds_apply_exactly_the_weighted_mean_of_the_deltas(
     )
     page = api.get("/api/v1/federations/test/rounds").json()
     assert [r["state"] for r in page["items"]] == ["completed", "completed"]
+    for r in page["items"]:  # bytes per round and the saving against fp32, both ways
+        assert r["up_ratio"] == pytest.approx(r["raw_bytes_up"] / r["bytes_up"]) and r["up_ratio"] > 1
+        assert r["down_ratio"] == pytest.approx(r["raw_bytes_down"] / r["bytes_down"])
     detail = api.get("/api/v1/federations/test/rounds/2").json()
     assert sorted(u["worker"] for u in detail["updates"]) == ["org-1", "org-2", "org-3"]
     workers = api.get("/api/v1/federations/test/workers").json()
