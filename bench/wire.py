@@ -75,6 +75,7 @@ def main() -> None:
         "| upstream | downstream | final test acc | up bytes/round | up vs Flower | down bytes/round (rounds 2+) | down vs Flower | wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    trajectories: list[str] = []
     for up, down, q in CONFIGS:
         with tempfile.TemporaryDirectory() as tmp:
             rows, params, seconds = run_demo(Path(tmp) / "run", up, down, q, extra)
@@ -90,6 +91,19 @@ def main() -> None:
             f"{down_avg:,.0f} | {flower / down_avg:.1f}x smaller | {seconds:.0f} |"
         )
         print(lines[-1], file=sys.stderr, flush=True)
+        trajectories.append(
+            f"| {name} / {down} | "
+            + " | ".join(f"{r['test_accuracy']:.4f} ({r['test_loss']:.4f})" for r in rows)
+            + " |"
+        )
+    lines += [
+        "",
+        "Test accuracy (loss) per round:",
+        "",
+        "| configuration | " + " | ".join(f"round {i + 1}" for i in range(len(rows))) + " |",
+        "|---|" + "---:|" * len(rows),
+        *trajectories,
+    ]
     lines += [
         "",
         f"Model: {params:,} parameters; Flower's FedAvg sends {params * 4:,} bytes per worker each way per round.",
