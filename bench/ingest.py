@@ -72,7 +72,7 @@ def build_model(path: Path, layers: int) -> tuple[Path, dict[str, tuple[int, ...
         path, texts, synthetic.LABELS, hidden_size=768, num_layers=layers, num_heads=12, max_len=128
     )
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f if "position_ids" not in k}
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if "position_ids" not in k}  # noqa: SIM118 - safe_open is not iterable
     return path, shapes
 
 
