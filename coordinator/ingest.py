@@ -65,7 +65,6 @@ class Upload:
     writer: spool.SpoolWriter
     num_samples: int
     added: int = 0
-    sq: float = 0.0
     undone: bool = False  # its blocks were taken out of the sums again
     evicted: bool = False  # its round closed before it was complete
 
@@ -91,7 +90,6 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
         if upload.evicted:
             raise FailedPrecondition("the round closed while this update was uploading")
         sums.add(name, start, values, float(upload.num_samples))
-        upload.sq += float(torch.dot(values, values))
         upload.added += 1
 
     asm = FrameAssembler(sums.expected, on_block=add)
@@ -102,7 +100,7 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
         raise
     if upload.evicted:
         raise FailedPrecondition("the round closed while this update was uploading")
-    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(upload.sq))
+    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq))
 
 
 async def _consume(

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -41,6 +42,8 @@ class CoordinatorServer:
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
         tune_malloc()
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         migrate(settings.database_url)
         self.store = Store(settings.database_url)
         self.runner = FederationRunner(settings, self.store)

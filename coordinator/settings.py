@@ -89,6 +89,13 @@ class CoordinatorSettings(StrataSettings):
         le=1000,
         description="Global updates kept for workers that are behind; further behind gets a snapshot",
     )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="CPU threads for torch on the coordinator (0: torch's default). Ingest is memory-bound, and idle "
+        "OpenMP threads spin: 1 spends the least CPU per byte; raise it when the coordinator evaluates a large model",
+    )
     zstd_level: int = Field(1, ge=1, le=19, description="zstd level for everything the coordinator encodes")
     seed: int = Field(0, ge=0, description="Seed for the initial head, participant choice and local shuffles")
     worker_timeout: float = Field(

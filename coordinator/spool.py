@@ -1,4 +1,8 @@
-"""The spool: each accepted update's compressed frames on disk, written atomically, readable again."""
+"""The spool: each accepted update's compressed frames on disk, written atomically, readable again.
+
+A spool file is a run of records: a kind byte and a length, then either a serialised UpdateChunk
+(header, tensor header, end) or the raw bytes of a data chunk, written as received.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from pathlib import Path
 
 from strata.proto.v1 import coordinator_pb2 as pb
 
-_LEN = struct.Struct("<I")
+_REC = struct.Struct("<BI")  # record: kind, length; then the bytes
+_MESSAGE, _DATA = 1, 2
 
 
 class SpoolWriter:
@@ -23,8 +28,12 @@ class SpoolWriter:
         self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
 
     def write(self, chunk: pb.UpdateChunk) -> None:
+        if chunk.WhichOneof("part") == "data":  # the bulk: written as it came, not re-serialised
+            self._fh.write(_REC.pack(_DATA, len(chunk.data)))
+            self._fh.write(chunk.data)
+            return
         data = chunk.SerializeToString()
-        self._fh.write(_LEN.pack(len(data)))
+        self._fh.write(_REC.pack(_MESSAGE, len(data)))
         self._fh.write(data)
 
     def flush(self) -> None:
@@ -47,10 +56,14 @@ class SpoolWriter:
 def read(path: Path) -> Iterator[pb.UpdateChunk]:
     """The chunks of a spooled update, in the order they arrived."""
     with open(path, "rb") as fh:
-        while head := fh.read(_LEN.size):
-            (n,) = _LEN.unpack(head)
+        while head := fh.read(_REC.size):
+            kind, n = _REC.unpack(head)
+            body = fh.read(n)
+            if kind == _DATA:
+                yield pb.UpdateChunk(data=body)
+                continue
             chunk = pb.UpdateChunk()
-            chunk.ParseFromString(fh.read(n))
+            chunk.ParseFromString(body)
             yield chunk
 
 

@@ -16,7 +16,7 @@ import zstandard
 
 ENCODINGS = ("fp32", "bf16", "int8", "topk")
 LOSSLESS = frozenset({"fp32"})
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 18  # 1 MB of fp32: a block in flight per upload stays small
 MAX_GROUP = 8192
 DEFAULT_GROUP = 512
 
