@@ -130,3 +130,48 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) ->
             return
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+def make_workers(address: str, data_dirs: list[Path], tmp_path: Path, on_update: Any = None) -> list[Any]:
+    """One in-process Worker per data folder, named org-1, org-2, ... with the test tokens."""
+    from worker.runner import Worker
+    from worker.settings import WorkerSettings
+
+    workers = []
+    for k, d in enumerate(data_dirs):
+        name = f"org-{k + 1}"
+        s = WorkerSettings.load(
+            dict(
+                coordinator=address,
+                token=TOKENS[k],
+                name=name,
+                data=d,
+                cache_dir=tmp_path / name,
+                device="cpu",
+                progress=False,
+                poll_seconds=2,
+                connect_timeout=30,
+            )
+        )
+        callback = (lambda task, result, name=name: on_update(name, task, result)) if on_update else None
+        workers.append(Worker(s, on_update=callback))
+    return workers
+
+
+def run_to_done(workers: list[Any], timeout: float = 240) -> None:
+    """Run every worker in its own thread until the federation is done; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def go(w: Any) -> None:
+        try:
+            w.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]

@@ -18,47 +18,17 @@ from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
 from strata.version import model_hash
-from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, wait_until
+from tests.helpers import (
+    TOKENS,
+    ServedCoordinator,
+    coordinator_settings,
+    make_worker_data,
+    make_workers,
+    run_to_done,
+    wait_until,
+)
 from tests.integration.test_bad_input import Client, result
-from worker.runner import Worker, update_chunks
-from worker.settings import WorkerSettings
-
-
-def _workers(address: str, dirs: list[Path], tmp_path: Path) -> list[Worker]:
-    out = []
-    for k, d in enumerate(dirs):
-        s = WorkerSettings.load(
-            dict(
-                coordinator=address,
-                token=TOKENS[k],
-                name=f"org-{k + 1}",
-                data=d,
-                cache_dir=tmp_path / f"cache-{k}",
-                device="cpu",
-                progress=False,
-                poll_seconds=2,
-            )
-        )
-        out.append(Worker(s))
-    return out
-
-
-def _run(workers: list[Worker]) -> None:
-    errors: list[BaseException] = []
-
-    def go(w: Worker) -> None:
-        try:
-            w.run()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=go, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(240)
-    if errors:
-        raise errors[0]
+from worker.runner import update_chunks
 
 
 @pytest.mark.parametrize(("up", "down"), [("int8", "int8"), ("topk", "bf16"), ("bf16", "topk")])
@@ -76,8 +46,8 @@ def test_lossy_rounds_keep_every_copy_identical(tmp_path: Path, tiny_model: Path
         topk_fraction=0.2,
     )
     coord = ServedCoordinator(settings)
-    workers = _workers(coord.address, make_worker_data(tmp_path / "d", 2), tmp_path)
-    _run(workers)
+    workers = make_workers(coord.address, make_worker_data(tmp_path / "d", 2), tmp_path)
+    run_to_done(workers)
     coord.wait()
     final = checkpoint.load(settings.data_dir / "checkpoints" / "test", 4)
     for w in workers:

@@ -16,9 +16,14 @@ from coordinator.storage.store import Store
 from dashboard_api.app import create_app
 from strata.serde import RoundTask
 from strata.version import model_hash
-from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, wait_until
-from worker.runner import Worker
-from worker.settings import WorkerSettings
+from tests.helpers import (
+    ServedCoordinator,
+    coordinator_settings,
+    make_worker_data,
+    make_workers,
+    run_to_done,
+    wait_until,
+)
 from worker.trainer import TrainResult
 
 
@@ -26,40 +31,15 @@ def run_workers(
     address: str, data_dirs: list[Path], tmp_path: Path
 ) -> dict[str, list[tuple[RoundTask, TrainResult]]]:
     """Run one in-process Worker per data folder until DONE; return what each one sent, per round."""
-    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {}
-    errors: list[BaseException] = []
-
-    def run(k: int, d: Path) -> None:
-        name = f"org-{k + 1}"
-        sent[name] = []
-        s = WorkerSettings.load(
-            dict(
-                coordinator=address,
-                token=TOKENS[k],
-                name=name,
-                data=d,
-                cache_dir=tmp_path / name,
-                device="cpu",
-                progress=False,
-                poll_seconds=2,
-                connect_timeout=30,
-            )
-        )
-        w = Worker(s, on_update=lambda task, result: sent[name].append((task, result)))
-        try:
-            w.run()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
+    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {f"org-{k + 1}": [] for k in range(len(data_dirs))}
+    workers = make_workers(
+        address, data_dirs, tmp_path, lambda name, task, res: sent[name].append((task, res))
+    )
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
             w.close()
-
-    threads = [threading.Thread(target=run, args=(k, d)) for k, d in enumerate(data_dirs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    if errors:
-        raise errors[0]
     return sent
 
 
