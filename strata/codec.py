@@ -207,7 +207,7 @@ def compress(raw: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(raw)
 
 
-def decompress(block: bytes, bound: int) -> bytes:
+def decompress(block: bytes | bytearray | memoryview, bound: int) -> bytes:
     """Decompress one zstd frame to at most `bound` bytes, whatever its header claims (no bombs)."""
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(block, read_across_frames=False)

@@ -254,19 +254,24 @@ class FrameAssembler:
         self.payload_bytes += len(piece)
         view = memoryview(piece)
         while view:
-            need = h.block_bytes[st.block] - len(st.buf)
+            size = h.block_bytes[st.block]
+            if not st.buf and len(view) >= size:  # a whole block in this piece: decode it in place
+                self._decode_block(st, view[:size])
+                view = view[size:]
+                continue
+            need = size - len(st.buf)
             st.buf += view[:need]
             view = view[need:]
-            if len(st.buf) == h.block_bytes[st.block]:
-                self._decode_block(st)
+            if len(st.buf) == size:
+                self._decode_block(st, st.buf)
         return self._finish_tensor() if st.received == h.payload_bytes else None
 
-    def _decode_block(self, st: _TensorState) -> None:
+    def _decode_block(self, st: _TensorState, block: bytes | bytearray | memoryview) -> None:
         h, lay, i = st.header, st.layout, st.block
         start = i * lay.block_elements
         n = min(lay.block_elements, lay.numel - start)
         try:
-            raw = codec.decompress(bytes(st.buf), lay.bounds[i])
+            raw = codec.decompress(block, lay.bounds[i])
             values = codec.decode_block(raw, h.encoding, n, lay.group)
         except CodecError as exc:
             raise InvalidInput(f"{h.name}: {exc}") from None
