@@ -203,13 +203,8 @@ def test_pick_device_cuda_without_cuda() -> None:
             pick_device(requested)
 
 
-def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
-    """The same text gives the same vocabulary, and the same round gives the same delta."""
-    from strata.serde import TrainingConfig
-    from worker.trainer import train
-
-    texts = [e.text for e in synthetic.generate(120, seed=3)]
-    assert build_tokenizer(texts, 300).get_vocab() == build_tokenizer(list(reversed(texts)), 300).get_vocab()
+def _tiny_classifier(tmp_path: Path, texts: list[str]):  # type: ignore[no-untyped-def]
+    """A one-layer classifier for the generated topics, built from a config (no download)."""
     model_dir = make_tiny_model_dir(
         tmp_path / "m",
         texts,
@@ -220,7 +215,17 @@ def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
         vocab_size=300,
         max_len=32,
     )
-    model, tok = load_model(model_dir, synthetic.LABELS)
+    return load_model(model_dir, synthetic.LABELS)
+
+
+def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
+    """The same text gives the same vocabulary, and the same round gives the same delta."""
+    from strata.serde import TrainingConfig
+    from worker.trainer import train
+
+    texts = [e.text for e in synthetic.generate(120, seed=3)]
+    assert build_tokenizer(texts, 300).get_vocab() == build_tokenizer(list(reversed(texts)), 300).get_vocab()
+    model, tok = _tiny_classifier(tmp_path, texts)
     examples = synthetic.generate(40, seed=4)
     cfg = TrainingConfig(batch_size=8, learning_rate=1e-3, max_seq_len=32)
     a = train(model, tok, examples, cfg, 1, progress=False, worker="org-1")
@@ -235,17 +240,7 @@ def test_only_trained_tensors_travel(tmp_path: Path) -> None:
     from worker.trainer import train
 
     texts = [e.text for e in synthetic.generate(60, seed=3)]
-    model_dir = make_tiny_model_dir(
-        tmp_path / "m",
-        texts,
-        synthetic.LABELS,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        vocab_size=300,
-        max_len=32,
-    )
-    model, tok = load_model(model_dir, synthetic.LABELS)
+    model, tok = _tiny_classifier(tmp_path, texts)
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith("classifier.")
     res = train(
