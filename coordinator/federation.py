@@ -22,7 +22,7 @@ from coordinator.ingest import RoundSums, Upload, evict, receive
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
 from coordinator.storage.store import Store, hash_token
-from coordinator.versions import VersionFiles, count_frames, read_frames, write_frames
+from coordinator.versions import VersionFiles, read_frames, write_frames
 from strata import codec, tensorfile
 from strata.codec import Codec
 from strata.data import Example, read_examples
@@ -313,7 +313,7 @@ class FederationRunner:
         paths = [self.versions.update(v) for v in updates]
         if kind == pb.ModelHeader.SNAPSHOT:
             paths = [await self._snapshot_file(version)]
-        counts = [count_frames(p) for p in paths]
+        counts = [self.versions.count(p) for p in paths]
         yield pb.ModelChunk(
             header=pb.ModelHeader(
                 version=version,
@@ -389,15 +389,15 @@ class FederationRunner:
             write_frames(path, frames())  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ update upload
-    async def push(self, sess: Session, chunks: AsyncIterator[pb.UpdateChunk]) -> pb.PushReply:
-        """Receive one update, accumulating it block by block; on any problem take it out whole."""
+    async def push(
+        self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
+    ) -> pb.PushReply:
+        """Receive one update, accumulating it block by block; on any problem take it out whole.
+
+        `first` is the stream's header chunk, whose worker id gave `sess`; `chunks` is the rest.
+        """
         started = time.monotonic()
-        first = await anext(chunks, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidInput("an update stream must start with its header")
         h = first.header
-        if h.worker_id != sess.uid:
-            raise PermissionDenied("the header names another worker")
         r = self._check_round(sess, h)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
         upload = r.uploads[sess.uid] = Upload(writer, h.num_samples)

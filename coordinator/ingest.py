@@ -7,47 +7,25 @@ memory never holds more than the sums and one block per upload in flight.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from coordinator import spool
+from strata.aggregate import FedAvgAccumulator
 from strata.errors import FailedPrecondition, InvalidInput
 from strata.frames import Expected, FrameAssembler
 from strata.proto.v1 import coordinator_pb2 as pb
 
 
-class RoundSums:
-    """Σ_k n_k Δ_k per tensor (float32) and Σ_k n_k per tensor, over the updates accepted so far."""
+class RoundSums(FedAvgAccumulator):
+    """The round's float32 sums, shaped after the tensors the coordinator expects."""
 
     def __init__(self, expected: dict[str, Expected]) -> None:
+        super().__init__({name: e.shape for name, e in expected.items()}, dtype=torch.float32)
         self.expected = expected
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.total_samples = 0
-        self.num_updates = 0
-
-    def add(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
-        buf = self.sums.get(name)
-        if buf is None:
-            numel = math.prod(self.expected[name].shape) if self.expected[name].shape else 1
-            buf = self.sums[name] = torch.zeros(numel, dtype=torch.float32)
-        buf[start : start + values.numel()].add_(values, alpha=weight)
-
-    def commit(self, names: set[str], num_samples: int) -> None:
-        for name in names:
-            self.counts[name] = self.counts.get(name, 0) + num_samples
-        self.total_samples += num_samples
-        self.num_updates += 1
-
-    def means(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, Δ̄) per tensor that any accepted update carried, in the model's shape; frees the sums."""
-        for name in sorted(self.counts):
-            buf = self.sums.pop(name)
-            buf.div_(self.counts[name])
-            yield name, buf.reshape(self.expected[name].shape)
 
 
 @dataclass

@@ -50,13 +50,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("an update stream must start with its header")
         sess = self.runner.session(first.header.worker_id, token)
-
-        async def replay() -> AsyncIterator[pb.UpdateChunk]:
-            yield first
-            async for chunk in request_iterator:
-                yield chunk
-
-        return await self.runner.push(sess, replay())
+        return await self.runner.push(sess, first, aiter(request_iterator))
 
     async def ReportMetrics(
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext

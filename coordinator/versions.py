@@ -72,6 +72,14 @@ class VersionFiles:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._counts: dict[tuple[Path, int], int] = {}
+
+    def count(self, path: Path) -> int:
+        """Frames in a file, read once per version of the file (every pull needs it for its header)."""
+        key = (path, path.stat().st_mtime_ns)
+        if key not in self._counts:
+            self._counts[key] = count_frames(path)
+        return self._counts[key]
 
     def snapshot(self, version: int) -> Path:
         return self.dir / f"snapshot-v{version:06d}.frames"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -37,34 +38,60 @@ def weighted_mean(
 
 
 class FedAvgAccumulator:
-    """Accumulates n_k * delta_k one update at a time (float64 sums), so memory is one buffer per tensor."""
+    """Σ_k n_k Δ_k and Σ_k n_k per tensor, added whole (`accept`) or block by block (`add`, then `commit`),
+    so memory is one flat buffer per tensor however many updates arrive.
 
-    def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+    The reference use keeps float64 sums; the coordinator streams into float32 ones (model-sized memory).
+    """
+
+    def __init__(
+        self, shapes: Mapping[str, tuple[int, ...]] | None = None, dtype: torch.dtype = torch.float64
+    ) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = dict(shapes or {})
+        self.dtype = dtype
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.total_samples = 0
         self.num_updates = 0
+
+    def add(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
+        """sums[name][start : start + len(values)] += weight · values (values flat)."""
+        buf = self.sums.get(name)
+        if buf is None:
+            shape = self.shapes[name]
+            buf = self.sums[name] = torch.zeros(math.prod(shape) if shape else 1, dtype=self.dtype)
+        buf[start : start + values.numel()].add_(values.to(self.dtype), alpha=weight)
+
+    def commit(self, names: Iterable[str], num_samples: int) -> None:
+        """Count one complete update that carried `names`."""
+        for name in names:
+            self.counts[name] = self.counts.get(name, 0) + num_samples
+        self.total_samples += num_samples
+        self.num_updates += 1
 
     def accept(self, delta: Mapping[str, torch.Tensor], num_samples: int) -> None:
         if num_samples <= 0:
             raise ValueError("an update must carry at least one sample")
         for name, t in delta.items():
-            buf = self._sums.get(name)
-            if buf is None:
-                buf = self._sums[name] = torch.zeros(t.shape, dtype=torch.float64)
-                self._counts[name] = 0
-            elif buf.shape != t.shape:
-                raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {tuple(buf.shape)}")
-            buf.add_(t.to(torch.float64), alpha=float(num_samples))
-            self._counts[name] += num_samples
-        self.total_samples += num_samples
-        self.num_updates += 1
+            known = self.shapes.setdefault(name, tuple(t.shape))
+            if known != tuple(t.shape):
+                raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {known}")
+        for name, t in delta.items():
+            self.add(name, 0, t.reshape(-1), float(num_samples))
+        self.commit(delta, num_samples)
+
+    def means(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, Δ̄) per tensor any update carried, in its shape and the sums' dtype; frees each sum."""
+        for name in sorted(self.counts):
+            buf = self.sums.pop(name)
+            buf.div_(self.counts[name])
+            yield name, buf.reshape(self.shapes[name])
 
     def mean(self) -> dict[str, torch.Tensor]:
         """Δ̄ = Σ n_k Δ_k / Σ n_k over the updates that carried each tensor, as float32."""
         if self.num_updates == 0:
             raise ValueError("no updates were accepted")
-        return {name: (buf / self._counts[name]).to(torch.float32) for name, buf in self._sums.items()}
+        return {name: m.to(torch.float32) for name, m in self.means()}
 
 
 def apply_delta(

@@ -7,8 +7,8 @@ same paths an operator uses, and this shared core still imports none of the serv
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -395,8 +395,6 @@ class Demo:
 def _sample(examples: list[Example], n: int, seed: int) -> list[Example]:
     if n >= len(examples):
         return examples
-    import random
-
     return random.Random(seed).sample(examples, n)
 
 
@@ -448,7 +446,3 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{_ratio(r.get('down_ratio'))} | {f('duration_seconds', '.1f')} |"
         )
     return "\n".join(out)
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, default=str)
