@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,16 @@ def weighted_mean(
     return acc.mean()
 
 
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """A tensor's mean update Δ̄ in summary: entries, Σ entries, ‖Δ̄‖², and E = Σ_k p_k ‖Δ_k‖²."""
+
+    n: int
+    s1: float
+    s2: float
+    energy: float = 0.0
+
+
 class FedAvgAccumulator:
     """Σ_k n_k Δ_k and Σ_k n_k per tensor, added whole (`accept`) or block by block (`add`, then `commit`),
     so memory is one flat buffer per tensor however many updates arrive.
@@ -51,6 +62,7 @@ class FedAvgAccumulator:
         self.dtype = dtype
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self.energy: dict[str, float] = {}  # Σ_k n_k ‖Δ_k‖² per tensor, for updates that reported it
         self.total_samples = 0
         self.num_updates = 0
 
@@ -62,10 +74,12 @@ class FedAvgAccumulator:
             buf = self.sums[name] = torch.zeros(math.prod(shape) if shape else 1, dtype=self.dtype)
         buf[start : start + values.numel()].add_(values.to(self.dtype), alpha=weight)
 
-    def commit(self, names: Iterable[str], num_samples: int) -> None:
-        """Count one complete update that carried `names`."""
+    def commit(self, names: Iterable[str], num_samples: int, sq: Mapping[str, float] | None = None) -> None:
+        """Count one complete update that carried `names`, with its squared norm per tensor if known."""
         for name in names:
             self.counts[name] = self.counts.get(name, 0) + num_samples
+            if sq is not None:
+                self.energy[name] = self.energy.get(name, 0.0) + num_samples * sq.get(name, 0.0)
         self.total_samples += num_samples
         self.num_updates += 1
 
@@ -76,9 +90,29 @@ class FedAvgAccumulator:
             known = self.shapes.setdefault(name, tuple(t.shape))
             if known != tuple(t.shape):
                 raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {known}")
+        sq: dict[str, float] = {}
         for name, t in delta.items():
-            self.add(name, 0, t.reshape(-1), float(num_samples))
-        self.commit(delta, num_samples)
+            flat = t.reshape(-1)
+            self.add(name, 0, flat, float(num_samples))
+            sq[name] = float(flat.double().pow(2).sum())
+        self.commit(delta, num_samples, sq)
+
+    def moments(self) -> dict[str, Moments]:
+        """Per tensor: the moments of the mean Δ̄ and the weighted energy E = Σ p_k ‖Δ_k‖², without
+        consuming the sums (the block scores are computed before the mean is applied)."""
+        out: dict[str, Moments] = {}
+        for name, c in self.counts.items():
+            buf = self.sums[name]
+            s1 = float(buf.sum(dtype=torch.float64)) / c
+            s2 = float(torch.dot(buf, buf)) / (c * c)
+            out[name] = Moments(buf.numel(), s1, s2, self.energy.get(name, 0.0) / c)
+        return out
+
+    def drop(self, names: Iterable[str]) -> None:
+        """Forget the sums of `names` (tensors that will not be applied), so `means()` skips them."""
+        for name in names:
+            self.sums.pop(name, None)
+            self.counts.pop(name, None)
 
     def means(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, Δ̄) per tensor any update carried, in its shape and the sums' dtype; frees each sum."""

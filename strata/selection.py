@@ -11,27 +11,86 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+
+from strata.aggregate import Moments
 
 POLICIES = ("full", "random", "fedtlu", "agreement")
 
 
-def fedtlu_scores(mean: Mapping[str, torch.Tensor], block_of: Mapping[str, str]) -> dict[str, float]:
-    """S_i = ‖ΔW_i‖₂ / (√n_i · std(ΔW_i)) per tensor of the aggregated update, summed per block.
+def fedtlu_tensor(m: Moments) -> float:
+    """S_i = ‖ΔW_i‖₂ / (√n_i · std(ΔW_i)) of one tensor, from its moments (std over its own entries).
 
-    As methods.md notes, with std over the tensor's own entries S_i = sqrt(1 + mean²/var): implemented as
-    stated. A tensor with one entry or zero spread scores 0 (the formula is undefined there).
+    As methods.md notes, this is sqrt(1 + mean²/var). A tensor with one entry or zero spread scores 0
+    (the formula is undefined there).
     """
+    if m.n < 2:
+        return 0.0
+    mu = m.s1 / m.n
+    var = max(m.s2 / m.n - mu * mu, 0.0)
+    if var <= 0.0:
+        return 0.0
+    return math.sqrt(m.s2) / (math.sqrt(m.n) * math.sqrt(var))
+
+
+def moments_of(t: torch.Tensor) -> Moments:
+    x = t.detach().double().reshape(-1)
+    return Moments(x.numel(), float(x.sum()), float(x.dot(x)))
+
+
+def fedtlu_scores(mean: Mapping[str, torch.Tensor], block_of: Mapping[str, str]) -> dict[str, float]:
+    """FedTLU's score of every block: the sum of `fedtlu_tensor` over the block's tensors."""
     scores: dict[str, float] = {}
     for name, d in mean.items():
-        x = d.detach().double().reshape(-1)
-        n = x.numel()
-        std = float(x.std(unbiased=False)) if n > 1 else 0.0
-        s = float(x.norm()) / (math.sqrt(n) * std) if std > 0 else 0.0
         block = block_of[name]
-        scores[block] = scores.get(block, 0.0) + s
+        scores[block] = scores.get(block, 0.0) + fedtlu_tensor(moments_of(d))
     return scores
+
+
+@dataclass(frozen=True, slots=True)
+class BlockScore:
+    """What one round's aggregate says of a block."""
+
+    fedtlu: float  # FedTLU's score (summed over the block's tensors)
+    agreement: float  # ours: relative · consensus
+    update_norm: float  # ‖Δ̄‖
+    relative: float  # ‖Δ̄‖ / ‖θ‖
+    consensus: float  # ‖Δ̄‖² / E = 1 − ρ, in [0, 1]: 1 when every worker moved the block alike
+
+    def of(self, policy: str) -> float:
+        """The score a policy ranks by (full and random rank by none: they get the agreement score,
+        which the dashboard shows for reference)."""
+        return self.fedtlu if policy == "fedtlu" else self.agreement
+
+
+def block_scores(
+    moments: Mapping[str, Moments], weight_sq: Mapping[str, float], block_of: Mapping[str, str]
+) -> dict[str, BlockScore]:
+    """Both scores of every block the aggregate touched, from per-tensor moments (Δ̄'s sums and E) and
+    the squared norms of the weights the update applies to."""
+    fed: dict[str, float] = {}
+    m2: dict[str, float] = {}
+    energy: dict[str, float] = {}
+    w2: dict[str, float] = {}
+    for name, m in moments.items():
+        b = block_of[name]
+        fed[b] = fed.get(b, 0.0) + fedtlu_tensor(m)
+        m2[b] = m2.get(b, 0.0) + m.s2
+        energy[b] = energy.get(b, 0.0) + m.energy
+        w2[b] = w2.get(b, 0.0) + weight_sq.get(name, 0.0)
+    agree = agreement_scores(m2, energy, w2)
+    return {
+        b: BlockScore(
+            fedtlu=fed[b],
+            agreement=agree[b],
+            update_norm=math.sqrt(m2[b]),
+            relative=math.sqrt(m2[b] / w2[b]) if w2[b] > 0 else 0.0,
+            consensus=min(m2[b] / energy[b], 1.0) if energy[b] > 0 else 0.0,
+        )
+        for b in fed
+    }
 
 
 def agreement_scores(

@@ -103,3 +103,36 @@ def test_bad_arguments_list_the_valid_choices() -> None:
         select("best", BLOCKS, HEAD, {}, 1, 1, {}, 3)
     with pytest.raises(ValueError, match="refresh_every"):
         select("fedtlu", BLOCKS, HEAD, {}, 1, 1, {}, 0)
+
+
+def test_block_scores_from_the_accumulator_match_the_formulas() -> None:
+    from strata.aggregate import FedAvgAccumulator
+    from strata.selection import block_scores
+
+    g = torch.Generator().manual_seed(0)
+    block_of = {"a": "layer.0", "b": "layer.0", "c": "layer.1"}
+    weights = {n: torch.randn(s, generator=g) for n, s in (("a", (8, 4)), ("b", (4,)), ("c", (16,)))}
+    shared = {n: torch.randn(w.shape, generator=g) for n, w in weights.items()}
+    # layer.0: workers agree (same direction); layer.1: two of them pull against each other
+    deltas = [
+        {n: shared[n] * (1 + k) if n != "c" else shared[n] * (1 if k < 2 else -1) for n in weights}
+        for k in range(3)
+    ]
+    samples = [10, 30, 60]
+    acc = FedAvgAccumulator()
+    for d, n in zip(deltas, samples, strict=True):
+        acc.accept(d, n)
+    got = block_scores(acc.moments(), {n: float(w.pow(2).sum()) for n, w in weights.items()}, block_of)
+    p = [n / sum(samples) for n in samples]
+    mean = {n: sum(pk * d[n] for pk, d in zip(p, deltas, strict=True)) for n in weights}
+    fed = fedtlu_scores(mean, block_of)
+    for block, names in (("layer.0", ["a", "b"]), ("layer.1", ["c"])):
+        m2 = sum(float(mean[n].pow(2).sum()) for n in names)
+        e = sum(pk * sum(float(d[n].pow(2).sum()) for n in names) for pk, d in zip(p, deltas, strict=True))
+        w2 = sum(float(weights[n].pow(2).sum()) for n in names)
+        s = got[block]
+        assert math.isclose(s.fedtlu, fed[block], rel_tol=1e-5)
+        assert math.isclose(s.update_norm, math.sqrt(m2), rel_tol=1e-6)
+        assert math.isclose(s.consensus, m2 / e, rel_tol=1e-6)
+        assert math.isclose(s.agreement, math.sqrt(m2 / w2) * m2 / e, rel_tol=1e-6)
+    assert got["layer.0"].consensus > 0.8 > 0.3 > got["layer.1"].consensus
