@@ -1,4 +1,5 @@
-"""Reading and writing text-classification data sets (JSON Lines or CSV, optionally zstd-compressed)."""
+"""Reading and writing text data sets (JSON Lines or CSV, optionally zstd-compressed): labelled texts for
+classification, or text alone (``require_labels=False``) for causal language modelling."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import IO, Any
 import zstandard
 
 __all__ = [
+    "NO_LABEL",
     "SPLIT_SUFFIXES",
     "DataError",
     "DatasetDir",
@@ -36,11 +38,14 @@ LABELS_FILE = "labels.json"
 ZSTD_LEVEL = 3
 _TEXT_COLUMNS = ("text", "sentence")
 _INT_RE = re.compile(r"[+-]?\d+")
+#: the label of a text read without one (``read_examples(..., require_labels=False)``)
+NO_LABEL = -1
 
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One labelled text; ``label`` is an index into the data set's label names."""
+    """One text and its label: an index into the data set's label names, or ``NO_LABEL`` (-1) for a
+    text that has none (read with ``require_labels=False``, e.g. for causal language modelling)."""
 
     text: str
     label: int
@@ -116,7 +121,7 @@ def _check_text(value: Any, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, num_labels: int | None) -> list[Example]:
+def _read_jsonl(path: Path, num_labels: int | None, require_labels: bool = True) -> list[Example]:
     examples: list[Example] = []
     with _open_lines(path) as lines:
         for lineno, line in enumerate(lines, start=1):
@@ -129,12 +134,11 @@ def _read_jsonl(path: Path, num_labels: int | None) -> list[Example]:
                 raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for key in ("text", "label"):
+            for key in ("text", "label") if require_labels else ("text",):
                 if key not in obj:
                     raise DataError(f'{where}: missing "{key}"')
-            examples.append(
-                Example(_check_text(obj["text"], where), _check_label(obj["label"], num_labels, where))
-            )
+            label = _check_label(obj["label"], num_labels, where) if "label" in obj else NO_LABEL
+            examples.append(Example(_check_text(obj["text"], where), label))
     return examples
 
 
@@ -150,7 +154,7 @@ def _parse_csv_label(value: str, labels: Sequence[str] | None, where: str) -> in
         raise DataError(f"{where}: unknown label name {value!r}; known: {', '.join(labels)}") from None
 
 
-def _read_csv(path: Path, labels: Sequence[str] | None) -> list[Example]:
+def _read_csv(path: Path, labels: Sequence[str] | None, require_labels: bool = True) -> list[Example]:
     examples: list[Example] = []
     with _open_lines(path) as lines:
         reader = csv.reader(lines, strict=True)
@@ -162,30 +166,41 @@ def _read_csv(path: Path, labels: Sequence[str] | None) -> list[Example]:
             text_col = next((columns.index(c) for c in _TEXT_COLUMNS if c in columns), None)
             if text_col is None:
                 raise DataError(f'{path}:1: CSV header has no "text" (or "sentence") column: {header}')
-            if "label" not in columns:
+            if "label" not in columns and require_labels:
                 raise DataError(f'{path}:1: CSV header has no "label" column: {header}')
-            label_col = columns.index("label")
+            label_col = columns.index("label") if "label" in columns else None
             for row in reader:
                 if not row or all(not cell.strip() for cell in row):
                     continue
                 # line_num is the physical line where the record ends (1-based, header included).
                 where = f"{path}:{reader.line_num}"
-                if len(row) <= max(text_col, label_col):
-                    missing = "text" if len(row) <= text_col else "label"
-                    raise DataError(f'{where}: missing "{missing}" (row has {len(row)} fields)')
-                examples.append(Example(row[text_col], _parse_csv_label(row[label_col], labels, where)))
+                if len(row) <= text_col:
+                    raise DataError(f'{where}: missing "text" (row has {len(row)} fields)')
+                cell = row[label_col] if label_col is not None and label_col < len(row) else None
+                if cell is None and require_labels:
+                    raise DataError(f'{where}: missing "label" (row has {len(row)} fields)')
+                if cell is None or (not require_labels and not cell.strip()):
+                    label = NO_LABEL
+                else:
+                    label = _parse_csv_label(cell, labels, where)
+                examples.append(Example(row[text_col], label))
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
     return examples
 
 
-def read_examples(path: str | Path, labels: Sequence[str] | None = None) -> list[Example]:
+def read_examples(
+    path: str | Path, labels: Sequence[str] | None = None, *, require_labels: bool = True
+) -> list[Example]:
     """Read a ``.jsonl``, ``.jsonl.zst``, ``.csv`` or ``.csv.zst`` split into a list of examples.
 
     JSON Lines: one ``{"text": str, "label": int}`` object per line; blank lines are skipped.
     CSV: a header row with a ``text`` (or ``sentence``) column and a ``label`` column; a label is
     an int or, when ``labels`` is given, one of those names (an int-looking value is read as an int).
     When ``labels`` is given every label must lie in ``0..len(labels)-1``. Labels are never negative.
+    With ``require_labels=False`` (text only, as for causal language modelling) the label may be left
+    out: a JSON object without ``"label"``, a CSV without a ``label`` column, or a row whose label
+    cell is missing or blank gets ``NO_LABEL`` (-1); a label that is given is checked as usual.
     Raises :class:`DataError` naming the file and 1-based line on any bad input.
     """
     path = Path(path)
@@ -195,8 +210,8 @@ def read_examples(path: str | Path, labels: Sequence[str] | None = None) -> list
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if suffix.startswith(".jsonl"):
-        return _read_jsonl(path, None if labels is None else len(labels))
-    return _read_csv(path, labels)
+        return _read_jsonl(path, None if labels is None else len(labels), require_labels)
+    return _read_csv(path, labels, require_labels)
 
 
 def read_labels(directory: str | Path) -> list[str]:

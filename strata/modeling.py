@@ -1,8 +1,13 @@
-"""Transformers models for Strata: build, load, tokenize, batch, evaluate; the tensors that travel."""
+"""Transformers models for Strata: build, load, tokenize, batch, evaluate; the tensors that travel.
+
+Two tasks: sequence classification (a label per text) and causal language modelling (next-token
+prediction over the text itself; the metric is perplexity, ``exp`` of the mean token loss).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -10,10 +15,16 @@ from pathlib import Path
 import torch
 from transformers import (  # type: ignore[attr-defined]
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -25,6 +36,26 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 #: files of a model directory that travel to workers (everything but weights)
 ASSET_SUFFIXES = (".json", ".txt", ".model")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: what a model can be fine-tuned for; the first is the default
+TASKS = ("sequence-classification", "causal-lm")
+#: how transformers names its causal LM classes (GPT2LMHeadModel, LlamaForCausalLM, ...)
+_CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: the label of a token that is not predicted (padding), as transformers' losses expect
+IGNORE_INDEX = -100
+
+
+def task_of(model_or_config: torch.nn.Module | PretrainedConfig) -> str:
+    """The task a model is for: "causal-lm" for a causal language model, else "sequence-classification".
+
+    A model is judged by its class (and its base classes, so wrappers such as peft's count); a config
+    by the architecture it names (``architectures``, written when a model is saved).
+    """
+    if isinstance(model_or_config, torch.nn.Module):
+        names = [cls.__name__ for cls in type(model_or_config).__mro__]
+    else:
+        names = list(getattr(model_or_config, "architectures", None) or [])
+    return TASKS[1] if any(n.endswith(_CAUSAL_LM_SUFFIXES) for n in names) else TASKS[0]
 
 
 def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
@@ -103,36 +134,125 @@ def make_tiny_model_dir(
     return path
 
 
-def load_model(
-    model_dir: str | Path, labels: Sequence[str], seed: int = 0
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a sequence classifier from a local transformers directory, with a head for `labels`.
-
-    A directory holding only an encoder (e.g. a sentence-transformers checkpoint) gets a freshly
-    initialised classification head (seeded, so the coordinator's initial version is reproducible).
+def make_tiny_causal_model_dir(
+    path: str | Path,
+    texts: Sequence[str],
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    vocab_size: int = 4000,
+    max_len: int = 64,
+    family: str = "gpt2",
+) -> Path:
+    """Write a small causal LM (``family`` "gpt2" or "llama") built from a config, with a tokenizer
+    trained on `texts`: every text is read as ``[CLS] text [SEP]``, so [CLS] is its bos and [SEP] its eos.
     """
+    path = Path(path)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    positions = max(max_len, 64)
+    model: PreTrainedModel
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        gpt2 = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=hidden_size,
+            n_layer=num_layers,
+            n_head=num_heads,
+            n_inner=hidden_size * 4,
+            n_positions=positions,
+            **ids,
+        )
+        model = GPT2LMHeadModel(gpt2)
+    elif family == "llama":
+        llama = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 4,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            max_position_embeddings=positions,
+            **ids,
+        )
+        model = LlamaForCausalLM(llama)
+    else:
+        raise ValueError(f"unknown causal LM family {family!r}; expected gpt2 or llama")
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.model_max_length = max_len
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_model(
+    model_dir: str | Path, labels: Sequence[str], seed: int = 0, task: str = TASKS[0]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model for `task` (one of TASKS) from a local transformers directory.
+
+    "sequence-classification": a classifier with a head for `labels`. A directory holding only an
+    encoder (e.g. a sentence-transformers checkpoint) gets a freshly initialised classification head
+    (seeded, so the coordinator's initial version is reproducible).
+    "causal-lm": a causal language model; `labels` are ignored (may be empty). A tokenizer without a
+    pad token pads with its eos (or unk) token; padding goes on the right.
+
+    The config records the class loaded (``architectures``), so the assets rebuild the same task.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks are {', '.join(TASKS)}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a transformers model directory (no config.json)")
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {name: i for i, name in enumerate(labels)}
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, config=config, local_files_only=True, ignore_mismatched_sizes=True
-    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(seed)
+    if task == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, local_files_only=True)
+        _prepare_causal_tokenizer(model, tokenizer)
+    else:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, config=config, local_files_only=True, ignore_mismatched_sizes=True
+        )
+    model.config.architectures = [type(model).__name__]
     model.eval()
     return model, tokenizer
 
 
 def model_from_assets(assets_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Build the architecture (random weights) and tokenizer from the assets a coordinator sent."""
+    """Build the architecture (random weights) and tokenizer from the assets a coordinator sent.
+
+    A config whose ``architectures`` names a causal LM builds one; any other a sequence classifier.
+    """
     config = AutoConfig.from_pretrained(assets_dir, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(assets_dir, local_files_only=True)
+    if task_of(config) == "causal-lm":
+        model = AutoModelForCausalLM.from_config(config)
+        _prepare_causal_tokenizer(model, tokenizer)
+    else:
+        model = AutoModelForSequenceClassification.from_config(config)
     return model, tokenizer
+
+
+def _prepare_causal_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Let a causal LM's batches be padded: a pad token (eos, else unk, when it has none), on the right
+    (absolute positions then match an unpadded text's), and the model's config told its id."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad causal LM batches with")
+        tokenizer.pad_token = fallback
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def save_assets(
@@ -194,6 +314,32 @@ def batches(
         yield [examples[i] for i in idx[start : start + batch_size]]
 
 
+def model_inputs(
+    task: str, tokenizer: PreTrainedTokenizerBase, batch: Sequence[Example], max_len: int, device: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The encoded batch and the labels to call the model with, on `device`.
+
+    Classification: the examples' labels. Causal LM: the input ids with padding set to IGNORE_INDEX
+    (the model shifts them: the token at t+1 is the target of position t); example labels are unused.
+    """
+    enc = {k: v.to(device) for k, v in encode_batch(tokenizer, [e.text for e in batch], max_len).items()}
+    if task != "causal-lm":
+        return enc, torch.tensor([e.label for e in batch], device=device)
+    enc.pop("token_type_ids", None)  # an encoder-style tokenizer's; decoders take none
+    return enc, enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+
+
+def count_correct(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct predictions, predictions) in a batch: one per example for classification; for a
+    causal LM one per predicted token (the next token of each position whose target is not padding)."""
+    if task != "causal-lm":
+        return int((logits.argmax(-1) == labels).sum()), len(labels)
+    targets = labels[:, 1:]
+    scored = targets != IGNORE_INDEX
+    hits = (logits[:, :-1].argmax(-1) == targets) & scored
+    return int(hits.sum()), int(scored.sum())
+
+
 @torch.no_grad()
 def evaluate(
     model: PreTrainedModel,
@@ -203,21 +349,34 @@ def evaluate(
     batch_size: int = 64,
     device: str = "cpu",
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of the model on `examples`."""
+    """Mean cross-entropy loss and accuracy of the model on `examples`.
+
+    For a causal LM both are per predicted token (next-token loss weighted by tokens, and next-token
+    accuracy); ``perplexity(loss)`` is then the usual perplexity.
+    """
     if not examples:
         raise ValueError("nothing to evaluate")
+    task = task_of(model)
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct, total = 0.0, 0, 0
     for batch in batches(examples, batch_size):
-        enc = {k: v.to(device) for k, v in encode_batch(tokenizer, [e.text for e in batch], max_len).items()}
-        labels = torch.tensor([e.label for e in batch], device=device)
+        enc, labels = model_inputs(task, tokenizer, batch, max_len, device)
         with autocast(device):
             out = model(**enc, labels=labels)
-        total_loss += float(out.loss) * len(batch)
-        correct += int((out.logits.argmax(-1) == labels).sum())
+        hits, count = count_correct(task, out.logits, labels)
+        if count:  # a causal LM batch of one-token texts predicts nothing (its loss is NaN)
+            total_loss += float(out.loss) * count
+            correct, total = correct + hits, total + count
     model.train(was_training)
-    return total_loss / len(examples), correct / len(examples)
+    if not total:
+        raise ValueError("nothing to evaluate: no text is long enough to predict a next token")
+    return total_loss / total, correct / total
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token cross-entropy); inf where that would overflow a float."""
+    return math.inf if loss > 700 else math.exp(loss)
 
 
 def autocast(device: str) -> torch.autocast:

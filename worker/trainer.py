@@ -13,12 +13,24 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from strata.data import Example
-from strata.modeling import autocast, batches, encode_batch, global_tensors, load_tensors
+from strata.modeling import (
+    autocast,
+    batches,
+    count_correct,
+    global_tensors,
+    load_tensors,
+    model_inputs,
+    task_of,
+)
 from strata.serde import TrainingConfig
 
 
 @dataclass(frozen=True, slots=True)
 class TrainResult:
+    """What one round of local training produced. ``loss`` and ``accuracy`` are means over the
+    predictions made while training: one per example for a classifier, one per predicted token for
+    a causal LM (next-token cross-entropy and accuracy)."""
+
     delta: dict[str, torch.Tensor]
     num_samples: int
     num_steps: int
@@ -40,11 +52,14 @@ def train(
 ) -> TrainResult:
     """Fine-tune in place from the current weights; return Δ = θ_local − θ_start for every parameter.
 
-    Shuffling and dropout are seeded from (seed, round, worker), so a round can be reproduced.
+    A classifier learns the examples' labels; a causal LM (``task_of``) learns to predict each next
+    token of the texts, padding excluded. Shuffling and dropout are seeded from (seed, round, worker),
+    so a round can be reproduced.
     """
     if not examples:
         raise ValueError("no training examples")
     started = time.monotonic()
+    task = task_of(model)
     base = {name: t.detach().to("cpu", torch.float32, copy=True) for name, t in global_tensors(model).items()}
     model.to(torch.device(device))  # type: ignore[arg-type]
     model.train()
@@ -64,22 +79,20 @@ def train(
         for batch in batches(examples, config.batch_size, order):
             if step >= total:
                 break
-            enc = {
-                k: v.to(device)
-                for k, v in encode_batch(tokenizer, [e.text for e in batch], config.max_seq_len).items()
-            }
-            labels = torch.tensor([e.label for e in batch], device=device)
+            enc, labels = model_inputs(task, tokenizer, batch, config.max_seq_len, device)
             with autocast(device):
                 out = model(**enc, labels=labels)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            loss_sum += float(out.loss.detach()) * len(batch)
-            correct += int((out.logits.detach().argmax(-1) == labels).sum())
-            seen += len(batch)
+            hits, count = count_correct(task, out.logits.detach(), labels)
+            if count:  # a causal LM batch of one-token texts predicts nothing: no loss to step on
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                opt.step()
+                loss_sum += float(out.loss.detach()) * count
+                correct += hits
+                seen += count
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
     bar.close()
     model.eval()
     # only what was trained travels: frozen tensors (requires_grad False) did not move
