@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,7 @@ from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from strata.frames import Expected, add_update, expected_of, file_header, header_of, pieces
+from strata.layers import block_map
 from strata.modeling import (
     evaluate,
     global_tensors,
@@ -37,7 +39,9 @@ from strata.modeling import (
     save_assets,
 )
 from strata.proto.v1 import coordinator_pb2 as pb
+from strata.selection import block_scores
 from strata.serde import RoundTask, TrainingConfig, task_to_proto
+from strata.targeting import RoundPlan, Targeting
 from strata.version import model_hash
 
 log = logging.getLogger("strata.coordinator")
@@ -63,6 +67,7 @@ class OpenRound:
     base_hash: str
     participants: dict[str, str]  # uid -> name
     deadline_unix: float
+    plan: RoundPlan
     sums: RoundSums = field(default_factory=lambda: RoundSums({}))
     accepted: dict[str, int] = field(default_factory=dict)  # uid -> samples
     uploads: dict[str, Upload] = field(default_factory=dict)  # uid -> upload in flight
@@ -138,6 +143,8 @@ class FederationRunner:
         s = self.s
         self.model, self.tokenizer = load_model(s.model, self.labels, seed=s.seed)  # type: ignore[arg-type]
         self.assets = save_assets(self.model, self.tokenizer, self.assets_dir)
+        self.bmap = block_map(self.model)
+        self.targeting = Targeting(s.targeting(), self.bmap)  # refuses a k or budget this model cannot meet
         if s.eval_data is not None:
             self.eval_examples = read_examples(s.eval_data, self.labels)[: s.eval_max_examples]
         tensors = global_tensors(self.model)
@@ -190,6 +197,7 @@ class FederationRunner:
         self.hashes[version] = h
         rpath = checkpoint.residual_path(self.ckpt_dir, version)
         self.server_residual = tensorfile.load(rpath) if rpath.is_file() else {}
+        self.targeting.restore(self.store.block_outcomes(self.fed_id))
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
         if self.completed >= s.rounds:
@@ -213,6 +221,12 @@ class FederationRunner:
             "downstream",
             "down_encoding",
             "history",
+            "policy",
+            "blocks",
+            "block_budget",
+            "refresh_every",
+            "schedule",
+            "probe_every",
             "seed",
         )
         return {k: getattr(self.s, k) for k in keep} | {"labels": self.labels}
@@ -288,6 +302,7 @@ class FederationRunner:
                             self.s.encoding,
                             self.s.rounds,
                             self.s.topk_fraction,
+                            self._task_blocks(r.plan),
                         )
                     )
                 remaining = deadline - time.monotonic()
@@ -295,6 +310,10 @@ class FederationRunner:
                     return pb.Task(kind=pb.Task.WAIT, total_rounds=self.s.rounds)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+
+    def _task_blocks(self, plan: RoundPlan) -> tuple[str, ...]:
+        """The blocks a task names: none (every block) unless the round trains a subset."""
+        return plan.train if len(plan.train) < len(self.bmap.names) else ()
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -432,7 +451,7 @@ class FederationRunner:
         finally:
             r.uploads.pop(sess.uid, None)
         writer.commit()
-        r.sums.commit(got.names, h.num_samples)
+        r.sums.commit(got.names, h.num_samples, got.sq)
         r.accepted[sess.uid] = h.num_samples
         r.bytes_up += got.payload_bytes
         r.raw_bytes_up += got.raw_bytes
@@ -548,6 +567,8 @@ class FederationRunner:
         participants = self._choose()
         version, base_hash = self.version, self.hash
         deadline = time.time() + self.s.round_timeout
+        plan = self.targeting.plan(self.round_number)
+        trains = self.bmap.tensors_of(plan.train)
         db_id = self.store.open_round(
             self.fed_id,
             self.round_number,
@@ -556,19 +577,25 @@ class FederationRunner:
             sorted(participants.values()),
             self.s.min_updates,
             dt.datetime.fromtimestamp(deadline, dt.UTC),
+            blocks=list(plan.train) if self.targeting.active else None,
+            probe=plan.probe,
         )
-        r = OpenRound(
-            db_id,
-            self.round_number,
-            version,
-            base_hash,
-            participants,
-            deadline,
-            sums=RoundSums(self.expected),
+        sums = RoundSums(
+            {n: e for n, e in self.expected.items() if n in trains},
+            outside={n: b for n, b in self.bmap.block_of.items() if n not in trains},
+            round_number=self.round_number,
+            trains=plan.train,
         )
+        r = OpenRound(db_id, self.round_number, version, base_hash, participants, deadline, plan, sums=sums)
         self.current = r
         started = time.monotonic()
-        log.info("round %d open: %d participant(s), version %d", r.number, len(participants), version)
+        log.info(
+            "round %d open: %d participant(s), version %d, %s",
+            r.number,
+            len(participants),
+            version,
+            self._describe(plan),
+        )
         await self._notify()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(r.all_in.wait(), timeout=max(0.0, deadline - time.time()))
@@ -598,7 +625,7 @@ class FederationRunner:
             return False
         self.store.set_round_fields(r.db_id, state=RoundState.AGGREGATING.value)
         t0 = time.monotonic()
-        new_version, new_hash, norm = await asyncio.to_thread(self._aggregate, r)
+        new_version, new_hash, norm, applied, outcomes = await asyncio.to_thread(self._aggregate, r)
         agg_seconds = time.monotonic() - t0
         t1 = time.monotonic()
         test_loss = test_acc = None
@@ -612,6 +639,7 @@ class FederationRunner:
             r.db_id,
             RoundState.COMPLETED,
             federation_fields=dict(model_version=new_version, model_hash=new_hash),
+            block_outcomes=outcomes,
             result_version=new_version,
             result_hash=new_hash,
             train_loss=r.loss_sum / n,
@@ -628,22 +656,43 @@ class FederationRunner:
         if self.completed >= self.s.rounds:
             self.done = True
         acc = f"{test_acc:.4f}" if test_acc is not None else "n/a"
+        targeted = f", applied {', '.join(applied)}" if self.targeting.active else ""
         log.info(
-            "round %d done: %d update(s), version %d, test accuracy %s, %.1fs",
+            "round %d done: %d update(s), version %d, test accuracy %s, %.1fs%s",
             r.number,
             len(r.accepted),
             new_version,
             acc,
             time.monotonic() - started,
+            targeted,
         )
         return True
 
-    def _aggregate(self, r: OpenRound) -> tuple[int, str, float]:
-        """Apply the FedAvg mean to the global model exactly as workers will: encode it (with the server's
-        error feedback), add decode(encode(.)) to each tensor, and write that encoding as the version's
-        update file; then checkpoint the version."""
+    def _describe(self, plan: RoundPlan) -> str:
+        if not self.targeting.active:
+            return "every block (policy full)"
+        c = self.targeting.config
+        if c.schedule == "server-masked":
+            return f"every block trains, {c.policy} chooses which apply (server-masked)"
+        what = "probe: every block" if plan.probe else ", ".join(plan.train)
+        return f"trains {len(plan.train)}/{len(self.bmap.names)} blocks ({what})"
+
+    def _aggregate(self, r: OpenRound) -> tuple[int, str, float, list[str], list[dict[str, Any]]]:
+        """Score every block the updates carried, let the policy decide which apply, and apply their FedAvg
+        mean to the global model exactly as workers will: encode it (with the server's error feedback), add
+        decode(encode(.)) to each tensor, and write that encoding as the version's update file; then
+        checkpoint the version. Returns the version, its hash, the applied update's norm, the applied
+        blocks and the block outcomes to record."""
         version = r.base_version + 1
         params = dict(self.model.named_parameters())
+        moments = r.sums.moments()
+        weight_sq = {
+            n: float(torch.dot(params[n].detach().view(-1), params[n].detach().view(-1))) for n in moments
+        }
+        scores = block_scores(moments, weight_sq, self.bmap.block_of)
+        applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
+        keep = self.bmap.tensors_of(applied)
+        r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
         lossy = self.down_codec.lossy
         residual: dict[str, torch.Tensor] = {}
         sq = 0.0
@@ -668,6 +717,8 @@ class FederationRunner:
         tensors = global_tensors(self.model)
         h = model_hash(tensors)
         checkpoint.save(self.ckpt_dir, version, tensors, h)
+        # a block not applied this round keeps the residual it had until it is applied again
+        residual = {n: e for n, e in self.server_residual.items() if n not in keep} | residual
         if lossy:
             tensorfile.save(checkpoint.residual_path(self.ckpt_dir, version), residual)
         self.server_residual = residual
@@ -675,7 +726,8 @@ class FederationRunner:
         self.version, self.hash = version, h  # from here on, pulls get this version
         self.versions.prune(version, self.s.history)
         checkpoint.prune_residuals(self.ckpt_dir, keep=version)
-        return version, h, sq**0.5
+        rows = [dataclasses.asdict(o) | {"num_elements": self.bmap.sizes[o.block]} for o in outcomes]
+        return version, h, sq**0.5, applied, rows
 
     async def _linger(self) -> None:
         if not self.s.exit_when_done:

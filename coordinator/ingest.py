@@ -7,7 +7,7 @@ memory never holds more than the sums and one block per upload in flight.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +21,32 @@ from strata.proto.v1 import coordinator_pb2 as pb
 
 
 class RoundSums(FedAvgAccumulator):
-    """The round's float32 sums, shaped after the tensors the coordinator expects."""
+    """The round's float32 sums, shaped after the tensors the coordinator expects.
 
-    def __init__(self, expected: dict[str, Expected]) -> None:
+    With targeted layers, `expected` holds only the round's blocks; `outside` maps each other tensor of the
+    model to its block, so an update carrying one is refused with a message that says why.
+    """
+
+    def __init__(
+        self,
+        expected: dict[str, Expected],
+        outside: Mapping[str, str] | None = None,
+        round_number: int = 0,
+        trains: Sequence[str] = (),
+    ) -> None:
         super().__init__({name: e.shape for name, e in expected.items()}, dtype=torch.float32)
         self.expected = expected
+        self.outside = dict(outside or {})
+        self.round_number = round_number
+        self.trains = tuple(trains)
+
+    def check_name(self, name: str) -> None:
+        block = self.outside.get(name)
+        if block is not None:
+            raise InvalidInput(
+                f"{name} belongs to block {block}, which round {self.round_number} does not train "
+                f"(it trains {', '.join(self.trains)})"
+            )
 
 
 @dataclass
@@ -34,6 +55,7 @@ class Received:
     payload_bytes: int
     raw_bytes: int
     norm: float
+    sq: dict[str, float]  # squared norm per tensor
 
 
 @dataclass
@@ -72,23 +94,24 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
 
     asm = FrameAssembler(sums.expected, on_block=add)
     try:
-        names = await _consume(chunks, asm, upload.writer)
+        names = await _consume(chunks, asm, upload.writer, sums)
     except BaseException:
         undo(upload, sums)
         raise
     if upload.evicted:
         raise FailedPrecondition("the round closed while this update was uploading")
-    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq))
+    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq), asm.tensor_sq)
 
 
 async def _consume(
-    chunks: AsyncIterator[pb.UpdateChunk], asm: FrameAssembler, writer: spool.SpoolWriter
+    chunks: AsyncIterator[pb.UpdateChunk], asm: FrameAssembler, writer: spool.SpoolWriter, sums: RoundSums
 ) -> set[str]:
     names: set[str] = set()
     async for chunk in chunks:
         writer.write(chunk)
         part = chunk.WhichOneof("part")
         if part == "tensor":
+            sums.check_name(chunk.tensor.name)
             done = asm.tensor(chunk.tensor)
         elif part == "data":
             done = asm.data(chunk.data)

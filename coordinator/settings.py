@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from strata.codec import ENCODINGS
+from strata.selection import POLICIES
 from strata.settings import StrataSettings
+from strata.targeting import SCHEDULES, TargetingConfig
 
 
 class CoordinatorSettings(StrataSettings):
@@ -89,6 +91,32 @@ class CoordinatorSettings(StrataSettings):
         le=1000,
         description="Global updates kept for workers that are behind; further behind gets a snapshot",
     )
+    policy: str = Field(
+        "full",
+        description=f"Layer selection policy: {', '.join(POLICIES)} (full: every block every round, plain FedAvg)",
+    )
+    blocks: int = Field(
+        0,
+        ge=0,
+        description="Blocks (besides the task head) trained per round by random, fedtlu and agreement",
+    )
+    block_budget: ByteSize = Field(
+        ByteSize(0),
+        description="Instead of --blocks: the fp32 size of the blocks trained per round, e.g. 40MB (0: unused)",
+    )
+    refresh_every: int = Field(
+        5, ge=1, description="Every block is applied at least once every this many rounds, so none starves"
+    )
+    schedule: str = Field(
+        "pre-selected",
+        description="pre-selected: workers train and send only the chosen blocks (saves compute and bandwidth); "
+        "server-masked: workers send every block, the coordinator applies the chosen ones (FedTLU as published)",
+    )
+    probe_every: int = Field(
+        10,
+        ge=0,
+        description="pre-selected: every this many rounds all blocks train, refreshing every score (0: round 1 only)",
+    )
     torch_threads: int = Field(
         1,
         ge=0,
@@ -124,6 +152,31 @@ class CoordinatorSettings(StrataSettings):
             raise ValueError(f"unknown encoding {v!r}; valid: {', '.join(ENCODINGS)}")
         return v
 
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; valid: {', '.join(POLICIES)}")
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, v: str) -> str:
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown scheduling mode {v!r}; valid: {', '.join(SCHEDULES)}")
+        return v
+
+    def targeting(self) -> TargetingConfig:
+        return TargetingConfig(
+            policy=self.policy,
+            blocks=self.blocks,
+            budget=int(self.block_budget),
+            refresh_every=self.refresh_every,
+            schedule=self.schedule,
+            probe_every=self.probe_every,
+            seed=self.seed,
+        )
+
     @field_validator("worker_tokens")
     @classmethod
     def _check_tokens(cls, v: list[str]) -> list[str]:
@@ -138,4 +191,8 @@ class CoordinatorSettings(StrataSettings):
                 f"min_updates ({self.min_updates}) cannot exceed workers_per_round ({self.workers_per_round}); "
                 "see --min-updates / STRATA_COORDINATOR_MIN_UPDATES"
             )
+        try:
+            self.targeting().check()
+        except ValueError as exc:
+            raise ValueError(f"{exc} (see --policy, --blocks, --block-budget)") from None
         return self

@@ -208,6 +208,7 @@ class FrameAssembler:
         self.payload_bytes = 0
         self.raw_bytes = 0  # fp32 bytes of the tensors decoded so far
         self.sq = 0.0  # squared L2 norm of everything decoded so far
+        self.tensor_sq: dict[str, float] = {}  # the same, per tensor
         self.blocks_done = 0
 
     def _start(self, name: str) -> None:
@@ -286,6 +287,7 @@ class FrameAssembler:
         if dtype != torch.float32 and not bool(torch.isfinite(values.to(dtype)).all()):
             raise InvalidInput(f"{h.name}: contains NaN or Inf")
         self.sq += sq
+        self.tensor_sq[h.name] = self.tensor_sq.get(h.name, 0.0) + sq
         st.buf = bytearray()
         st.block += 1
         self.blocks_done += 1

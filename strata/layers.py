@@ -136,3 +136,23 @@ def block_map(model: torch.nn.Module, trainable_only: bool = False) -> BlockMap:
             block_of[n] = bname
     label = f"{model_type or 'unknown'}{'+lora' if lora else ''}"
     return BlockMap(label, tuple(blocks), block_of, fallback, note, sizes)
+
+
+def set_trainable(model: torch.nn.Module, bmap: BlockMap, blocks: Iterable[str]) -> int:
+    """Train exactly `blocks` (empty: every block): requires_grad is set True on their tensors and False on
+    every other tensor of the map, so frozen ones get no gradient and no optimizer state. Tensors outside
+    the map (a LoRA model's frozen base) are left alone. Returns the number of trainable elements."""
+    wanted = set(blocks)
+    unknown = wanted - set(bmap.names)
+    if unknown:
+        raise ValueError(
+            f"no block(s) {', '.join(sorted(unknown))} in this model; its blocks are {', '.join(bmap.names)}"
+        )
+    wanted = wanted or set(bmap.names)
+    count = 0
+    for name, p in model.named_parameters():
+        block = bmap.block_of.get(name)
+        if block is not None:
+            p.requires_grad_(block in wanted)
+            count += p.numel() if block in wanted else 0
+    return count

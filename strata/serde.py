@@ -30,6 +30,7 @@ class RoundTask:
     encoding: str
     total_rounds: int
     topk_fraction: float = 0.1
+    blocks: tuple[str, ...] = ()  # the blocks to train; empty: every block
 
 
 def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
@@ -67,6 +68,7 @@ def task_to_proto(t: RoundTask) -> pb.Task:
         encoding=t.encoding,
         total_rounds=t.total_rounds,
         topk_fraction=t.topk_fraction,
+        blocks=list(t.blocks),
     )
 
 
@@ -82,4 +84,5 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         encoding=m.encoding,
         total_rounds=m.total_rounds,
         topk_fraction=m.topk_fraction,
+        blocks=tuple(m.blocks),
     )

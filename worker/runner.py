@@ -19,6 +19,7 @@ from strata.data import DataError, Example, find_split, read_examples, read_labe
 from strata.errors import InvalidInput
 from strata.feedback import with_feedback
 from strata.frames import FrameAssembler, add_update, expected_of, header_of, pieces
+from strata.layers import BlockMap, block_map, set_trainable
 from strata.memory import tune_malloc
 from strata.modeling import (
     evaluate,
@@ -143,6 +144,7 @@ class Worker:
         )
         self.on_update = on_update
         self.model: PreTrainedModel | None = None
+        self.bmap: BlockMap | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.version = 0
         self.hash = ""
@@ -205,6 +207,19 @@ class Worker:
         self.max_seq_len = task.config.max_seq_len
         self.evaluate_version(task.round)
         assert self.data is not None and self.model is not None and self.tokenizer is not None
+        assert self.bmap is not None
+        try:  # only the round's blocks train: the rest get no gradients and no optimizer state
+            trainable = set_trainable(self.model, self.bmap, task.blocks)
+        except ValueError as exc:
+            raise WorkerError(f"round {task.round}: {exc}") from None
+        if task.blocks:
+            log.info(
+                "round %d trains %s (%.1fM of %.1fM parameters)",
+                task.round,
+                ", ".join(task.blocks),
+                trainable / 1e6,
+                sum(self.bmap.sizes.values()) / 1e6,
+            )
         result = train(
             self.model,
             self.tokenizer,
@@ -233,8 +248,13 @@ class Worker:
                 return
             raise
         self.rounds_done += 1
-        if new_residual:  # the error this round's encoding held back travels with the next update
-            tensorfile.save(self.residual_path, new_residual)
+        # the error this round's encoding held back travels with the next update of each tensor; a
+        # frozen tensor keeps the residual it had until its block trains again
+        carried = {n: e for n, e in residual.items() if n not in result.delta} | new_residual
+        if carried:
+            tensorfile.save(self.residual_path, carried)
+        elif residual:
+            self.residual_path.unlink(missing_ok=True)
         log.info(
             "round %d: sent %d bytes (%.1fx smaller than raw), loss %.4f, %.1fs training",
             task.round,
@@ -346,6 +366,7 @@ class Worker:
         assets = write_assets(files, self.s.cache_dir / self.federation / "assets")
         self.model, self.tokenizer = model_from_assets(assets)
         self.model.to(self.device)  # type: ignore[arg-type]
+        self.bmap = block_map(self.model)
 
     def evaluate_version(self, round_number: int) -> None:
         assert self.data is not None

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -133,10 +134,39 @@ class Round(Base):
     eval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    blocks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # trained blocks; None: every block
+    probe: Mapped[bool] = mapped_column(Boolean, default=False)
 
     federation: Mapped[Federation] = relationship(back_populates="rounds")
+    block_outcomes: Mapped[list[RoundBlock]] = relationship(
+        back_populates="round", order_by="RoundBlock.position", cascade="all, delete-orphan"
+    )
     updates: Mapped[list[Update]] = relationship(back_populates="round", order_by="Update.id")
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="round", order_by="Evaluation.id")
+
+
+class RoundBlock(Base):
+    """One block of the model in one completed round: trained, applied, and what its update scored."""
+
+    __tablename__ = "round_blocks"
+    __table_args__ = (UniqueConstraint("round_id", "block"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    block: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    trained: Mapped[bool] = mapped_column(Boolean)
+    applied: Mapped[bool] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # the policy's score (carried if stale)
+    fresh: Mapped[bool] = mapped_column(Boolean)  # the score comes from this round's updates
+    fedtlu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
+    update_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    relative: Mapped[float | None] = mapped_column(Float, nullable=True)
+    consensus: Mapped[float | None] = mapped_column(Float, nullable=True)
+    num_elements: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    round: Mapped[Round] = relationship(back_populates="block_outcomes")
 
 
 class Update(Base):

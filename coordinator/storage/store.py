@@ -16,6 +16,7 @@ from coordinator.storage.models import (
     Federation,
     FederationState,
     Round,
+    RoundBlock,
     RoundState,
     Update,
     UpdateStatus,
@@ -102,6 +103,8 @@ class Store:
         participants: list[str],
         min_updates: int,
         deadline_at: dt.datetime,
+        blocks: list[str] | None = None,
+        probe: bool = False,
     ) -> int:
         with self.sessions.begin() as s:
             r = Round(
@@ -113,6 +116,8 @@ class Store:
                 min_updates=min_updates,
                 deadline_at=deadline_at,
                 state=RoundState.OPEN.value,
+                blocks=blocks,
+                probe=probe,
             )
             s.add(r)
             s.execute(
@@ -124,9 +129,15 @@ class Store:
             return r.id
 
     def close_round(
-        self, round_id: int, state: RoundState, federation_fields: dict[str, Any] | None = None, **fields: Any
+        self,
+        round_id: int,
+        state: RoundState,
+        federation_fields: dict[str, Any] | None = None,
+        block_outcomes: list[dict[str, Any]] | None = None,
+        **fields: Any,
     ) -> None:
-        """Close a round and, in the same transaction, advance the federation (version, hash)."""
+        """Close a round and, in the same transaction, record its blocks' outcomes and advance the
+        federation (version, hash)."""
         with self.sessions.begin() as s:
             r = s.get(Round, round_id)
             assert r is not None
@@ -134,6 +145,8 @@ class Store:
             r.closed_at = utcnow()
             for k, v in fields.items():
                 setattr(r, k, v)
+            for row in block_outcomes or []:
+                s.add(RoundBlock(round_id=round_id, **row))
             if federation_fields:
                 s.execute(
                     update(Federation)
@@ -183,6 +196,17 @@ class Store:
             return list(
                 s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number))
             )
+
+    def block_outcomes(self, federation_id: int) -> list[tuple[int, str, bool, float | None]]:
+        """(round, block, applied, score) of every completed round, oldest first: what targeting resumes from."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Round.number, RoundBlock.block, RoundBlock.applied, RoundBlock.score)
+                .join(RoundBlock, RoundBlock.round_id == Round.id)
+                .where(Round.federation_id == federation_id, Round.state == RoundState.COMPLETED.value)
+                .order_by(Round.number, RoundBlock.position)
+            )
+            return [(int(n), str(b), bool(a), sc) for n, b, a, sc in rows]
 
     # updates and evaluations
     def record_update(

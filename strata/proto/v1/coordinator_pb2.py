@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from strata.proto.v1 import tensor_pb2 as strata_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstrata/v1/coordinator.proto\x12\tstrata.v1\x1a\x16strata/v1/tensor.proto\"k\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x18\n\x10num_eval_samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"~\n\tJoinReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x11\n\ttask_kind\x18\x03 \x01(\t\x12\x12\n\nnum_labels\x18\x04 \x01(\r\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\r\"6\n\x0bTaskRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"\x9d\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x11\n\tmax_steps\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\r\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\xa2\x02\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.strata.v1.Task.Kind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12)\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x19.strata.v1.TrainingConfig\x12\x10\n\x08\x65ncoding\x18\x07 \x01(\t\x12\x14\n\x0ctotal_rounds\x18\x08 \x01(\r\x12\x15\n\rtopk_fraction\x18\t \x01(\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"a\n\x0bPullRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\x12\x16\n\x0einclude_assets\x18\x03 \x01(\x08\x12\x11\n\thave_hash\x18\x04 \x01(\t\"7\n\nFileHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05\x63rc32\x18\x03 \x01(\x07\"\xe1\x01\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x11\n\tnum_files\x18\x04 \x01(\r\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.strata.v1.ModelHeader.Kind\x12\x14\n\x0c\x62\x61se_version\x18\x06 \x01(\x04\"D\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\x0b\n\x07UPDATES\x10\x02\x12\x0b\n\x07\x43URRENT\x10\x03\"G\n\x0bVersionMark\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\"2\n\x08ModelEnd\x12\x13\n\x0bnum_tensors\x18\x01 \x01(\r\x12\x11\n\tnum_files\x18\x02 \x01(\r\"\xec\x01\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.strata.v1.ModelHeaderH\x00\x12%\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x15.strata.v1.FileHeaderH\x00\x12)\n\x06tensor\x18\x03 \x01(\x0b\x32\x17.strata.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12\"\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x13.strata.v1.ModelEndH\x00\x12&\n\x04mark\x18\x06 \x01(\x0b\x32\x16.strata.v1.VersionMarkH\x00\x42\x06\n\x04part\"\xd9\x01\n\x0cUpdateHeader\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x11\n\tbase_hash\x18\x04 \x01(\t\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x04\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x07 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x08 \x01(\x01\x12\x11\n\tnum_steps\x18\t \x01(\r\x12\x13\n\x0bnum_tensors\x18\n \x01(\r\" \n\tUpdateEnd\x12\x13\n\x0bnum_tensors\x18\x01 \x01(\r\"\xa0\x01\n\x0bUpdateChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.strata.v1.UpdateHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.strata.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12#\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x14.strata.v1.UpdateEndH\x00\x42\x06\n\x04part\"H\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x11\n\traw_bytes\x18\x03 \x01(\x04\"\x8c\x01\n\rMetricsReport\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\r\n\x05split\x18\x04 \x01(\t\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x04\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x01\"\x0c\n\nMetricsAck2\xb5\x02\n\x0b\x43oordinator\x12\x34\n\x04Join\x12\x16.strata.v1.JoinRequest\x1a\x14.strata.v1.JoinReply\x12\x32\n\x07GetTask\x12\x16.strata.v1.TaskRequest\x1a\x0f.strata.v1.Task\x12<\n\tPullModel\x12\x16.strata.v1.PullRequest\x1a\x15.strata.v1.ModelChunk0\x01\x12<\n\nPushUpdate\x12\x16.strata.v1.UpdateChunk\x1a\x14.strata.v1.PushReply(\x01\x12@\n\rReportMetrics\x12\x18.strata.v1.MetricsReport\x1a\x15.strata.v1.MetricsAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstrata/v1/coordinator.proto\x12\tstrata.v1\x1a\x16strata/v1/tensor.proto\"k\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x18\n\x10num_eval_samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\"~\n\tJoinReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nfederation\x18\x02 \x01(\t\x12\x11\n\ttask_kind\x18\x03 \x01(\t\x12\x12\n\nnum_labels\x18\x04 \x01(\r\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\r\"6\n\x0bTaskRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\r\"\x9d\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x11\n\tmax_steps\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x05 \x01(\x01\x12\x13\n\x0bmax_seq_len\x18\x06 \x01(\r\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\xb2\x02\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.strata.v1.Task.Kind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x12\n\nmodel_hash\x18\x04 \x01(\t\x12\x15\n\rdeadline_unix\x18\x05 \x01(\x01\x12)\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x19.strata.v1.TrainingConfig\x12\x10\n\x08\x65ncoding\x18\x07 \x01(\t\x12\x14\n\x0ctotal_rounds\x18\x08 \x01(\r\x12\x15\n\rtopk_fraction\x18\t \x01(\x01\x12\x0e\n\x06\x62locks\x18\n \x03(\t\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\"a\n\x0bPullRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\x12\x16\n\x0einclude_assets\x18\x03 \x01(\x08\x12\x11\n\thave_hash\x18\x04 \x01(\t\"7\n\nFileHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05\x63rc32\x18\x03 \x01(\x07\"\xe1\x01\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x11\n\tnum_files\x18\x04 \x01(\r\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.strata.v1.ModelHeader.Kind\x12\x14\n\x0c\x62\x61se_version\x18\x06 \x01(\x04\"D\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01\x12\x0b\n\x07UPDATES\x10\x02\x12\x0b\n\x07\x43URRENT\x10\x03\"G\n\x0bVersionMark\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\nmodel_hash\x18\x02 \x01(\t\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\"2\n\x08ModelEnd\x12\x13\n\x0bnum_tensors\x18\x01 \x01(\r\x12\x11\n\tnum_files\x18\x02 \x01(\r\"\xec\x01\n\nModelChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.strata.v1.ModelHeaderH\x00\x12%\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x15.strata.v1.FileHeaderH\x00\x12)\n\x06tensor\x18\x03 \x01(\x0b\x32\x17.strata.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12\"\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x13.strata.v1.ModelEndH\x00\x12&\n\x04mark\x18\x06 \x01(\x0b\x32\x16.strata.v1.VersionMarkH\x00\x42\x06\n\x04part\"\xd9\x01\n\x0cUpdateHeader\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x11\n\tbase_hash\x18\x04 \x01(\t\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x04\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x07 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x08 \x01(\x01\x12\x11\n\tnum_steps\x18\t \x01(\r\x12\x13\n\x0bnum_tensors\x18\n \x01(\r\" \n\tUpdateEnd\x12\x13\n\x0bnum_tensors\x18\x01 \x01(\r\"\xa0\x01\n\x0bUpdateChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.strata.v1.UpdateHeaderH\x00\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.strata.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12#\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x14.strata.v1.UpdateEndH\x00\x42\x06\n\x04part\"H\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x11\n\traw_bytes\x18\x03 \x01(\x04\"\x8c\x01\n\rMetricsReport\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\r\n\x05split\x18\x04 \x01(\t\x12\x13\n\x0bnum_samples\x18\x05 \x01(\x04\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x07 \x01(\x01\"\x0c\n\nMetricsAck2\xb5\x02\n\x0b\x43oordinator\x12\x34\n\x04Join\x12\x16.strata.v1.JoinRequest\x1a\x14.strata.v1.JoinReply\x12\x32\n\x07GetTask\x12\x16.strata.v1.TaskRequest\x1a\x0f.strata.v1.Task\x12<\n\tPullModel\x12\x16.strata.v1.PullRequest\x1a\x15.strata.v1.ModelChunk0\x01\x12<\n\nPushUpdate\x12\x16.strata.v1.UpdateChunk\x1a\x14.strata.v1.PushReply(\x01\x12@\n\rReportMetrics\x12\x18.strata.v1.MetricsReport\x1a\x15.strata.v1.MetricsAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,35 +41,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGCONFIG']._serialized_start=360
   _globals['_TRAININGCONFIG']._serialized_end=517
   _globals['_TASK']._serialized_start=520
-  _globals['_TASK']._serialized_end=810
-  _globals['_TASK_KIND']._serialized_start=751
-  _globals['_TASK_KIND']._serialized_end=810
-  _globals['_PULLREQUEST']._serialized_start=812
-  _globals['_PULLREQUEST']._serialized_end=909
-  _globals['_FILEHEADER']._serialized_start=911
-  _globals['_FILEHEADER']._serialized_end=966
-  _globals['_MODELHEADER']._serialized_start=969
-  _globals['_MODELHEADER']._serialized_end=1194
-  _globals['_MODELHEADER_KIND']._serialized_start=1126
-  _globals['_MODELHEADER_KIND']._serialized_end=1194
-  _globals['_VERSIONMARK']._serialized_start=1196
-  _globals['_VERSIONMARK']._serialized_end=1267
-  _globals['_MODELEND']._serialized_start=1269
-  _globals['_MODELEND']._serialized_end=1319
-  _globals['_MODELCHUNK']._serialized_start=1322
-  _globals['_MODELCHUNK']._serialized_end=1558
-  _globals['_UPDATEHEADER']._serialized_start=1561
-  _globals['_UPDATEHEADER']._serialized_end=1778
-  _globals['_UPDATEEND']._serialized_start=1780
-  _globals['_UPDATEEND']._serialized_end=1812
-  _globals['_UPDATECHUNK']._serialized_start=1815
-  _globals['_UPDATECHUNK']._serialized_end=1975
-  _globals['_PUSHREPLY']._serialized_start=1977
-  _globals['_PUSHREPLY']._serialized_end=2049
-  _globals['_METRICSREPORT']._serialized_start=2052
-  _globals['_METRICSREPORT']._serialized_end=2192
-  _globals['_METRICSACK']._serialized_start=2194
-  _globals['_METRICSACK']._serialized_end=2206
-  _globals['_COORDINATOR']._serialized_start=2209
-  _globals['_COORDINATOR']._serialized_end=2518
+  _globals['_TASK']._serialized_end=826
+  _globals['_TASK_KIND']._serialized_start=767
+  _globals['_TASK_KIND']._serialized_end=826
+  _globals['_PULLREQUEST']._serialized_start=828
+  _globals['_PULLREQUEST']._serialized_end=925
+  _globals['_FILEHEADER']._serialized_start=927
+  _globals['_FILEHEADER']._serialized_end=982
+  _globals['_MODELHEADER']._serialized_start=985
+  _globals['_MODELHEADER']._serialized_end=1210
+  _globals['_MODELHEADER_KIND']._serialized_start=1142
+  _globals['_MODELHEADER_KIND']._serialized_end=1210
+  _globals['_VERSIONMARK']._serialized_start=1212
+  _globals['_VERSIONMARK']._serialized_end=1283
+  _globals['_MODELEND']._serialized_start=1285
+  _globals['_MODELEND']._serialized_end=1335
+  _globals['_MODELCHUNK']._serialized_start=1338
+  _globals['_MODELCHUNK']._serialized_end=1574
+  _globals['_UPDATEHEADER']._serialized_start=1577
+  _globals['_UPDATEHEADER']._serialized_end=1794
+  _globals['_UPDATEEND']._serialized_start=1796
+  _globals['_UPDATEEND']._serialized_end=1828
+  _globals['_UPDATECHUNK']._serialized_start=1831
+  _globals['_UPDATECHUNK']._serialized_end=1991
+  _globals['_PUSHREPLY']._serialized_start=1993
+  _globals['_PUSHREPLY']._serialized_end=2065
+  _globals['_METRICSREPORT']._serialized_start=2068
+  _globals['_METRICSREPORT']._serialized_end=2208
+  _globals['_METRICSACK']._serialized_start=2210
+  _globals['_METRICSACK']._serialized_end=2222
+  _globals['_COORDINATOR']._serialized_start=2225
+  _globals['_COORDINATOR']._serialized_end=2534
 # @@protoc_insertion_point(module_scope)

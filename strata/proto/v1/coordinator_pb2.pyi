@@ -65,7 +65,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction")
+    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -85,6 +85,7 @@ class Task(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     model_version: int
@@ -94,7 +95,8 @@ class Task(_message.Message):
     encoding: str
     total_rounds: int
     topk_fraction: float
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ...) -> None: ...
+    blocks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ..., blocks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("worker_id", "have_version", "include_assets", "have_hash")
