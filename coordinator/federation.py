@@ -35,6 +35,7 @@ from strata.modeling import (
     global_tensors,
     load_model,
     load_tensors,
+    perplexity,
     read_labels_from_config,
     save_assets,
 )
@@ -109,7 +110,8 @@ class FederationRunner:
             raise ValueError("worker_tokens: give at least one token workers may join with")
         self.s = settings
         self.store = store
-        self.labels = parse_labels(settings.labels, settings.model)
+        self.causal = settings.task == "causal-lm"
+        self.labels = [] if self.causal else parse_labels(settings.labels, settings.model)
         self.ckpt_dir = settings.data_dir / "checkpoints" / settings.federation
         self.spool_dir = settings.data_dir / "spool" / settings.federation
         self.assets_dir = settings.data_dir / "assets" / settings.federation
@@ -141,22 +143,30 @@ class FederationRunner:
     def setup(self) -> None:
         """Load the model and either resume the federation's last version or create version 0."""
         s = self.s
-        self.model, self.tokenizer = load_model(s.model, self.labels, seed=s.seed)  # type: ignore[arg-type]
+        self.model, self.tokenizer = load_model(s.model, self.labels, seed=s.seed, task=s.task)  # type: ignore[arg-type]
         self.assets = save_assets(self.model, self.tokenizer, self.assets_dir)
         self.bmap = block_map(self.model)
         self.targeting = Targeting(s.targeting(), self.bmap)  # refuses a k or budget this model cannot meet
         if s.eval_data is not None:
-            self.eval_examples = read_examples(s.eval_data, self.labels)[: s.eval_max_examples]
+            self.eval_examples = read_examples(
+                s.eval_data, self.labels or None, require_labels=not self.causal
+            )[: s.eval_max_examples]
         tensors = global_tensors(self.model)
         fed = self.store.get_or_create_federation(
             s.federation,
             model_name=str(s.model),
             num_labels=len(self.labels),
+            task_kind=s.task,
             total_rounds=s.rounds,
             num_parameters=sum(t.numel() for t in tensors.values()),
             config=self._config_record(),
         )
         self.fed_id = fed.id
+        if fed.task_kind != s.task:
+            raise ValueError(
+                f"federation {s.federation!r} was created for task {fed.task_kind}, not {s.task}; "
+                "start a new federation (--federation) to change the task"
+            )
         if fed.model_version > 0 or checkpoint.exists(self.ckpt_dir, 0):
             version = fed.model_version
             if not checkpoint.exists(self.ckpt_dir, version):
@@ -205,6 +215,7 @@ class FederationRunner:
 
     def _config_record(self) -> dict[str, object]:
         keep = (
+            "task",
             "rounds",
             "min_workers",
             "workers_per_round",
@@ -267,7 +278,7 @@ class FederationRunner:
         return pb.JoinReply(
             worker_id=w.uid,
             federation=self.s.federation,
-            task_kind="sequence-classification",
+            task_kind=self.s.task,
             num_labels=len(self.labels),
             labels=self.labels,
             max_seq_len=self.s.max_seq_len,
@@ -655,10 +666,13 @@ class FederationRunner:
         spool.prune(self.spool_dir, keep_from=r.number - 1)
         if self.completed >= self.s.rounds:
             self.done = True
-        acc = f"{test_acc:.4f}" if test_acc is not None else "n/a"
+        if test_loss is None or test_acc is None:
+            acc = "n/a"
+        else:
+            acc = f"perplexity {perplexity(test_loss):.2f}" if self.causal else f"accuracy {test_acc:.4f}"
         targeted = f", applied {', '.join(applied)}" if self.targeting.active else ""
         log.info(
-            "round %d done: %d update(s), version %d, test accuracy %s, %.1fs%s",
+            "round %d done: %d update(s), version %d, test %s, %.1fs%s",
             r.number,
             len(r.accepted),
             new_version,

@@ -9,6 +9,7 @@ from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from strata.codec import ENCODINGS
+from strata.modeling import TASKS
 from strata.selection import POLICIES
 from strata.settings import StrataSettings
 from strata.targeting import SCHEDULES, TargetingConfig
@@ -36,6 +37,10 @@ class CoordinatorSettings(StrataSettings):
     )
     model: Path | None = Field(
         None, description="Transformers model directory to fine-tune (config.json, weights, tokenizer)"
+    )
+    task: str = Field(
+        "sequence-classification",
+        description="What the federation trains: sequence-classification (accuracy) or causal-lm (perplexity)",
     )
     labels: str | None = Field(
         None,
@@ -150,6 +155,13 @@ class CoordinatorSettings(StrataSettings):
     def _check_encoding(cls, v: str) -> str:
         if v not in ENCODINGS:
             raise ValueError(f"unknown encoding {v!r}; valid: {', '.join(ENCODINGS)}")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; valid: {', '.join(TASKS)}")
         return v
 
     @field_validator("policy")

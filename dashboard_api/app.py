@@ -21,12 +21,16 @@ from coordinator.storage.models import (
     Evaluation,
     Federation,
     Round,
+    RoundBlock,
     RoundState,
     Update,
     UpdateStatus,
     Worker,
 )
 from dashboard_api.schemas import (
+    BLOCK_METRICS,
+    BlockMatrix,
+    BlockOutcomeOut,
     ErrorOut,
     EvaluationOut,
     FederationStatus,
@@ -212,12 +216,9 @@ def get_round(
     session: SessionDep,
     number: Annotated[int, Path(description="Round number.")],
 ) -> RoundDetail:
-    """One round with its metrics, every update received and the workers' evaluations."""
-    rnd = session.scalar(select(Round).where(Round.federation_id == federation.id, Round.number == number))
-    if rnd is None:
-        raise HTTPException(
-            status_code=404, detail=f"round {number} of federation {federation.name!r} not found"
-        )
+    """One round with its metrics, its blocks' outcomes, every update received and the workers'
+    evaluations."""
+    rnd = _round_or_404(federation, session, number)
     updates = session.execute(
         select(Update, Worker.name)
         .join(Worker, Update.worker_id == Worker.id)
@@ -233,8 +234,109 @@ def get_round(
     return _build(
         RoundDetail,
         rnd,
+        block_outcomes=_outcomes(session, rnd.id),
         updates=[_build(UpdateOut, row, worker=name) for row, name in updates],
         evaluations=[_build(EvaluationOut, row, worker=name) for row, name in evaluations],
+    )
+
+
+def _round_or_404(federation: Federation, session: Session, number: int) -> Round:
+    rnd = session.scalar(select(Round).where(Round.federation_id == federation.id, Round.number == number))
+    if rnd is None:
+        raise HTTPException(
+            status_code=404, detail=f"round {number} of federation {federation.name!r} not found"
+        )
+    return rnd
+
+
+def _outcomes(session: Session, round_id: int) -> list[BlockOutcomeOut]:
+    rows = session.scalars(
+        select(RoundBlock).where(RoundBlock.round_id == round_id).order_by(RoundBlock.position)
+    )
+    return [BlockOutcomeOut.model_validate(row) for row in rows]
+
+
+@api.get(
+    "/federations/{name}/rounds/{number}/blocks",
+    response_model=list[BlockOutcomeOut],
+    responses=NOT_FOUND,
+    summary="A round's blocks",
+    tags=["blocks"],
+)
+def get_round_blocks(
+    federation: FederationDep,
+    session: SessionDep,
+    number: Annotated[int, Path(description="Round number.")],
+) -> list[BlockOutcomeOut]:
+    """Every block of the model in one round, in model order: trained, applied, the policy's score and
+    the measurements behind it. Empty for a round that did not complete."""
+    return _outcomes(session, _round_or_404(federation, session, number).id)
+
+
+@api.get(
+    "/federations/{name}/blocks",
+    response_model=BlockMatrix,
+    responses={**NOT_FOUND, 422: {"model": ErrorOut, "description": "Unknown metric or bad paging."}},
+    summary="Block × round matrix",
+    tags=["blocks"],
+)
+def get_block_matrix(
+    federation: FederationDep,
+    session: SessionDep,
+    metric: Annotated[
+        str, Query(description=f"The value to show per cell: one of {', '.join(BLOCK_METRICS)}.")
+    ] = "score",
+    offset: Annotated[int, Query(ge=0, description="Completed rounds to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
+) -> BlockMatrix:
+    """Which blocks each completed round trained and applied, and a metric per block and round: rows are
+    the model's blocks in model order, columns the rounds."""
+    if metric not in BLOCK_METRICS:
+        raise HTTPException(
+            status_code=422, detail=f"unknown metric {metric!r}; choose one of {', '.join(BLOCK_METRICS)}"
+        )
+    where = (Round.federation_id == federation.id, Round.state == RoundState.COMPLETED.value)
+    with_blocks = select(Round.id).where(*where, Round.id.in_(select(RoundBlock.round_id)))
+    total = session.scalar(select(func.count()).select_from(with_blocks.subquery())) or 0
+    page = list(
+        session.execute(
+            select(Round.id, Round.number)
+            .where(*where, Round.id.in_(select(RoundBlock.round_id)))
+            .order_by(Round.number)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+    )
+    column = {rid: j for j, (rid, _) in enumerate(page)}
+    rows = session.scalars(
+        select(RoundBlock).where(RoundBlock.round_id.in_(list(column))).order_by(RoundBlock.position)
+    ).all()
+    blocks: list[str] = []
+    for row in rows:
+        if row.block not in blocks:
+            blocks.append(row.block)
+    index = {b: i for i, b in enumerate(blocks)}
+    n = len(page)
+    trained = [[False] * n for _ in blocks]
+    applied = [[False] * n for _ in blocks]
+    values: list[list[float | None]] = [[None] * n for _ in blocks]
+    for row in rows:
+        i, j = index[row.block], column[row.round_id]
+        trained[i][j], applied[i][j] = row.trained, row.applied
+        values[i][j] = getattr(row, metric)
+    config = federation.config or {}
+    return BlockMatrix(
+        policy=str(config.get("policy", "full")),
+        schedule=str(config.get("schedule", "pre-selected")),
+        metric=metric,
+        blocks=blocks,
+        rounds=[number for _, number in page],
+        trained=trained,
+        applied=applied,
+        values=values,
+        total_rounds=int(total),
+        offset=offset,
+        limit=limit,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
@@ -87,6 +88,18 @@ class RoundOut(_Out):
     eval_seconds: float | None = Field(description="Seconds spent evaluating the resulting model.")
     duration_seconds: float | None = Field(description="Seconds from opening to closing the round.")
     error: str | None = Field(description="Why the round failed, if it did.")
+    blocks: list[str] | None = Field(
+        description="Blocks the round trained (targeted layer updates); null when every block trained "
+        "(policy full)."
+    )
+    probe: bool = Field(description="A probe round: every block trained to refresh every block's score.")
+
+    @computed_field(description="exp(test_loss): the test perplexity of a causal-lm federation.")  # type: ignore[prop-decorator]
+    @property
+    def test_perplexity(self) -> float | None:
+        if self.test_loss is None:
+            return None
+        return math.exp(self.test_loss) if self.test_loss < 700 else math.inf
 
     @computed_field(description="Upstream saving: fp32 size over bytes sent (null when nothing was sent).")  # type: ignore[prop-decorator]
     @property
@@ -127,7 +140,53 @@ class EvaluationOut(_Out):
     created_at: UtcDateTime = Field(description="When the evaluation was recorded (UTC).")
 
 
+class BlockOutcomeOut(_Out):
+    block: str = Field(description='Block name: "embeddings", "layer.<i>", "pooler" or "head".')
+    position: int = Field(description="Position of the block in model order.")
+    trained: bool = Field(description="Workers trained and sent the block this round.")
+    applied: bool = Field(description="The block's mean update entered the global model this round.")
+    score: float | None = Field(
+        description="The policy's score (fedtlu or agreement; agreement for full and random), from this "
+        "round's updates when fresh, otherwise carried from the block's last trained round."
+    )
+    fresh: bool = Field(description="The score and measurements come from this round's updates.")
+    fedtlu: float | None = Field(
+        description="FedTLU's score ‖ΔW‖/(√n·std ΔW), summed over the block's tensors."
+    )
+    agreement: float | None = Field(description="Strata's score: relative · consensus.")
+    update_norm: float | None = Field(description="‖Δ̄‖ of the block's aggregated update.")
+    relative: float | None = Field(
+        description="‖Δ̄‖ / ‖θ‖: the update's size relative to the block's weights."
+    )
+    consensus: float | None = Field(
+        description="‖Δ̄‖² / Σ p_k‖Δ_k‖² in [0, 1]: 1 when every worker moved the block the same way."
+    )
+    num_elements: int = Field(description="Parameters in the block.")
+
+
+BLOCK_METRICS = ("score", "fedtlu", "agreement", "update_norm", "relative", "consensus")
+
+
+class BlockMatrix(_Out):
+    policy: str = Field(description="The federation's layer selection policy.")
+    schedule: str = Field(description="pre-selected or server-masked.")
+    metric: str = Field(description=f"Which value `values` holds: one of {', '.join(BLOCK_METRICS)}.")
+    blocks: list[str] = Field(description="Rows: the model's blocks in model order.")
+    rounds: list[int] = Field(description="Columns: completed round numbers, ascending.")
+    trained: list[list[bool]] = Field(description="trained[block][round]: workers trained the block.")
+    applied: list[list[bool]] = Field(description="applied[block][round]: the block's update was applied.")
+    values: list[list[float | None]] = Field(
+        description="values[block][round]: the metric, null when unknown."
+    )
+    total_rounds: int = Field(description="Completed rounds with block outcomes, over all pages.")
+    offset: int = Field(description="Index of the first round of this page.")
+    limit: int = Field(description="Largest number of rounds a page holds.")
+
+
 class RoundDetail(RoundOut):
+    block_outcomes: list[BlockOutcomeOut] = Field(
+        description="Every block's outcome and scores in this round (completed rounds)."
+    )
     updates: list[UpdateOut] = Field(description="Every update received in the round, in arrival order.")
     evaluations: list[EvaluationOut] = Field(description="Worker evaluations recorded for the round.")
 

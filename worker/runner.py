@@ -56,18 +56,20 @@ def load_local_data(settings: WorkerSettings) -> tuple[LocalData, list[str] | No
         raise WorkerError("data: give the local training data (--data FILE or folder)")
     path = settings.data
     labels: list[str] | None = None
+    # unlabelled lines are read (label -1) so a causal-lm federation can use plain text; a classification
+    # federation refuses them after joining (check_labels), when the worker knows the task
     if path.is_dir():
         if (path / "labels.json").is_file():
             labels = read_labels(path)
-        train_set = read_examples(find_split(path, "train"), labels)
+        train_set = read_examples(find_split(path, "train"), labels, require_labels=False)
         try:
-            eval_set = read_examples(find_split(path, "test"), labels)
+            eval_set = read_examples(find_split(path, "test"), labels, require_labels=False)
         except DataError:
             eval_set = []
     else:
-        train_set, eval_set = read_examples(path), []
+        train_set, eval_set = read_examples(path, require_labels=False), []
     if settings.eval_data is not None:
-        eval_set = read_examples(settings.eval_data, labels)
+        eval_set = read_examples(settings.eval_data, labels, require_labels=False)
     if not eval_set and settings.eval_fraction > 0 and len(train_set) >= 2:
         keep, held = holdout(list(range(len(train_set))), settings.eval_fraction, seed=0)
         train_set, eval_set = [train_set[i] for i in keep], [train_set[i] for i in held]
@@ -76,8 +78,20 @@ def load_local_data(settings: WorkerSettings) -> tuple[LocalData, list[str] | No
     return LocalData(train_set, eval_set), labels
 
 
-def check_labels(data: LocalData, local_labels: list[str] | None, federation_labels: list[str]) -> None:
-    """Refuse local data whose classes do not match the federation's."""
+def check_labels(
+    data: LocalData,
+    local_labels: list[str] | None,
+    federation_labels: list[str],
+    task: str = "sequence-classification",
+) -> None:
+    """Refuse local data whose classes do not match the federation's (a causal-lm federation needs text only)."""
+    if task == "causal-lm":
+        return
+    unlabelled = sum(1 for ex in data.train + data.eval if ex.label < 0)
+    if unlabelled:
+        raise WorkerError(
+            f"{unlabelled} local example(s) have no label; a {task} federation needs a label on every example"
+        )
     if local_labels is not None and local_labels != federation_labels:
         raise WorkerError(
             f"local labels {local_labels} differ from the federation's labels {federation_labels}"
@@ -171,7 +185,9 @@ class Worker:
                 version=__version__,
             )
         )
-        check_labels(self.data, self.local_labels, list(reply.labels))
+        check_labels(
+            self.data, self.local_labels, list(reply.labels), reply.task_kind or "sequence-classification"
+        )
         self.worker_id = reply.worker_id
         self.federation = reply.federation
         self.residual_path = self.s.cache_dir / reply.federation / f"{self.s.name}-residual.safetensors"

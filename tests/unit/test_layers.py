@@ -163,3 +163,46 @@ def test_lookups() -> None:
     assert bm["head"].is_head and "classifier.weight" in bm.tensors_of(["head"])
     with pytest.raises(KeyError, match="no block 'layer.9'"):
         bm["layer.9"]
+
+
+def test_frozen_blocks_get_no_gradient_no_optimizer_state_and_do_not_travel(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from strata import synthetic
+    from strata.layers import set_trainable
+    from strata.modeling import load_model, make_tiny_model_dir
+    from strata.serde import TrainingConfig
+    from worker import trainer
+
+    train_set, _ = synthetic.generate_splits(64, 4, seed=0)
+    path = make_tiny_model_dir(
+        tmp_path, [e.text for e in train_set], synthetic.LABELS, hidden_size=16, num_layers=3, vocab_size=300
+    )
+    model, tok = load_model(path, synthetic.LABELS)
+    bm = block_map(model)
+    optimised: list[set[int]] = []
+    grads: list[set[str]] = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+            optimised.append({id(p) for g in self.param_groups for p in g["params"]})
+            grads.append({n for n, p in model.named_parameters() if p.grad is not None})
+            return super().step(closure)
+
+    monkeypatch.setattr(trainer.torch.optim, "AdamW", Recording)
+    count = set_trainable(model, bm, ["layer.1", "head"])
+    wanted = bm.tensors_of(["layer.1", "head"])
+    assert count == sum(p.numel() for n, p in model.named_parameters() if n in wanted)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = trainer.train(
+        model, tok, train_set, TrainingConfig(max_steps=2, batch_size=8, max_seq_len=24), 1, progress=False
+    )
+    params = dict(model.named_parameters())
+    assert optimised and all(ids == {id(params[n]) for n in wanted} for ids in optimised)
+    assert grads and all(g == wanted for g in grads)
+    assert set(res.delta) == wanted and any(float(d.abs().max()) > 0 for d in res.delta.values())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # handed back unchanged
+    with pytest.raises(ValueError, match="its blocks are embeddings, layer.0"):
+        set_trainable(model, bm, ["layer.9"])
+    set_trainable(model, bm, [])
+    assert all(p.requires_grad for p in model.parameters())
