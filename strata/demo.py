@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from strata import synthetic
 from strata.codec import ENCODINGS
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
+from strata.selection import POLICIES
 from strata.split import dirichlet_split, holdout, label_histogram
+from strata.targeting import SCHEDULES, TargetingConfig
 
 FEDERATION = "demo"
 
@@ -107,12 +110,51 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="delta",
         help="workers download the global updates (delta, default) or the whole model (snapshot)",
     )
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="full",
+        help="layer selection policy (default full: every block every round)",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        help="blocks besides the head trained per round (random/fedtlu/agreement)",
+    )
+    p.add_argument("--block-budget", default="0", help="instead of --blocks: fp32 bytes per round, e.g. 20MB")
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="pre-selected",
+        help="pre-selected (workers train only the chosen blocks, default) or server-masked",
+    )
+    p.add_argument(
+        "--refresh-every", type=int, default=5, help="apply every block at least every R rounds (default 5)"
+    )
+    p.add_argument(
+        "--probe-every",
+        type=int,
+        default=10,
+        help="pre-selected: a round training every block every P rounds",
+    )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.rounds < 1:
         print("strata demo: --workers and --rounds must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        budget = int(TypeAdapter(ByteSize).validate_python(args.block_budget))
+        TargetingConfig(
+            args.policy, args.blocks, budget, args.refresh_every, args.schedule, args.probe_every
+        ).check()
+    except ValidationError as exc:
+        print(f"strata demo: --block-budget: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"strata demo: {exc}", file=sys.stderr)
         return 2
     keep = args.workdir is not None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata-demo-"))
@@ -277,6 +319,18 @@ class Demo:
                 a.down_encoding or a.encoding,
                 "--downstream",
                 a.downstream,
+                "--policy",
+                a.policy,
+                "--blocks",
+                str(a.blocks),
+                "--block-budget",
+                str(a.block_budget),
+                "--schedule",
+                a.schedule,
+                "--refresh-every",
+                str(a.refresh_every),
+                "--probe-every",
+                str(a.probe_every),
             ],
             {"STRATA_COORDINATOR_WORKER_TOKENS": ",".join(tokens), "OMP_NUM_THREADS": "2"},
         )
@@ -424,7 +478,14 @@ def round_line(r: dict[str, Any], total: int) -> str:
         f"up {_mb(r['bytes_up'])} ({_ratio(r.get('up_ratio'))} < fp32)  "
         f"down {_mb(r['bytes_down'])} ({_ratio(r.get('down_ratio'))} < fp32)  "
         f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
+        + (f"  blocks {short_blocks(r['blocks'])}" if r.get("blocks") else "")
     )
+
+
+def short_blocks(blocks: list[str]) -> str:
+    """embeddings, layer.3, pooler, head -> E,L3,P,H"""
+    names = {"embeddings": "E", "pooler": "P", "head": "H"}
+    return ",".join(names.get(b, b.replace("layer.", "L")) for b in blocks)
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

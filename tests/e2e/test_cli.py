@@ -75,6 +75,12 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
             "--workdir",
             str(tmp_path / "demo"),
             "--serve",
+            "--policy",
+            "agreement",
+            "--blocks",
+            "1",
+            "--probe-every",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -90,6 +96,9 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
         out = "".join(lines)
         assert re.search(r"^round 1/2 +test acc 0\.\d{4}", out, re.M), out
         assert re.search(r"^round 2/2 +test acc", out, re.M), out
+        # agreement, k = 1: round 1 probes every block, round 2 trains one block and the head
+        assert re.search(r"^round 1/2 .*blocks E,L0,L1,P,H$", out, re.M), out
+        assert re.search(r"^round 2/2 .*blocks (E|L0|L1|P),H$", out, re.M), out
         table = [line for line in out.splitlines() if re.match(r"^\| \d+ \| completed \|", line)]
         assert len(table) == 2, out
         assert "2 of 2 rounds completed" in out
