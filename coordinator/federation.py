@@ -197,6 +197,7 @@ class FederationRunner:
             total_rounds=s.rounds,
             state=FederationState.RUNNING.value,
             error=None,
+            config=self._config_record(),  # a restart may change settings (e.g. the policy): record them
         )
         self.version, self.hash = version, h
         self.expected: dict[str, Expected] = expected_of(tensors)

@@ -18,6 +18,7 @@ from strata.layers import block_map
 from strata.modeling import global_tensors, load_model, make_tiny_model_dir
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_from_proto
+from strata.targeting import Targeting
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, make_workers
 from tests.helpers import run_to_done as run_all
 from tests.integration.test_bad_input import Client, result
@@ -111,6 +112,14 @@ def test_pre_selected_workers_train_and_send_only_the_rounds_blocks(
         (3, False, list(plans[3])),
     ]
     assert rounds[2].raw_bytes_up < rounds[0].raw_bytes_up / 2  # only two small blocks travelled
+    # a restarted coordinator rebuilds the same schedule from the stored outcomes
+    resumed = Targeting(settings.targeting(), bmap)
+    stored = store.block_outcomes(store.get_or_create_federation("test").id)
+    resumed.restore(stored)
+    assert resumed.last_applied == {
+        b: max(r for r in (1, 2, 3) if r == 1 or b in plans[r]) for b in bmap.names
+    }
+    assert resumed.scores == {b: score for r, b, _, score in stored if r == 3}
 
     with TestClient(create_app(db_url)) as api:
         outcome = api.get("/api/v1/federations/test/rounds/2/blocks").json()
