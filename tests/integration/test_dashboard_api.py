@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import socket
 import threading
 import time
@@ -411,6 +412,23 @@ def test_unknown_round_404(client: TestClient) -> None:
     assert r.json()["detail"] == f"round 4 of federation '{FED}' not found"
     assert client.get(f"{API}/federations/{OTHER}/rounds/3").status_code == 404
     assert client.get(f"{API}/federations/{FED}/rounds/x").status_code == 422
+
+
+def test_block_views_without_targeting_records(client: TestClient, seeded: Seed) -> None:
+    """Rounds recorded without block outcomes (policy full before S3, or not completed): empty views,
+    precise errors for unknown rounds and metrics."""
+    assert client.get(f"{API}/federations/{FED}/rounds/1/blocks").json() == []
+    assert client.get(f"{API}/federations/{FED}/rounds/1").json()["block_outcomes"] == []
+    r = client.get(f"{API}/federations/{FED}/rounds/9/blocks")
+    assert r.status_code == 404 and r.json()["detail"] == f"round 9 of federation '{FED}' not found"
+    m = client.get(f"{API}/federations/{FED}/blocks").json()
+    assert (m["blocks"], m["rounds"], m["values"], m["total_rounds"], m["metric"]) == ([], [], [], 0, "score")
+    assert client.get(f"{API}/federations/{FED}/blocks", params={"metric": "x"}).status_code == 422
+    assert client.get(f"{API}/federations/{FED}/blocks", params={"limit": 0}).status_code == 422
+    assert client.get(f"{API}/federations/nope/blocks").status_code == 404
+    r1 = client.get(f"{API}/federations/{FED}/rounds").json()["items"][0]
+    assert r1["blocks"] is None and r1["probe"] is False
+    assert r1["test_perplexity"] == pytest.approx(math.exp(r1["test_loss"]))
 
 
 def test_workers(client: TestClient, seeded: Seed) -> None:
