@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from strata.codec import ENCODINGS
@@ -13,6 +13,15 @@ from strata.modeling import TASKS
 from strata.selection import POLICIES
 from strata.settings import StrataSettings
 from strata.targeting import SCHEDULES, TargetingConfig
+
+#: settings whose value must be one of a few names (the error lists them)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "encoding": ENCODINGS,
+    "down_encoding": ENCODINGS,
+    "policy": POLICIES,
+    "schedule": SCHEDULES,
+}
 
 
 class CoordinatorSettings(StrataSettings):
@@ -150,32 +159,14 @@ class CoordinatorSettings(StrataSettings):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("encoding", "down_encoding")
+    @field_validator(*CHOICES)
     @classmethod
-    def _check_encoding(cls, v: str) -> str:
-        if v not in ENCODINGS:
-            raise ValueError(f"unknown encoding {v!r}; valid: {', '.join(ENCODINGS)}")
-        return v
-
-    @field_validator("task")
-    @classmethod
-    def _check_task(cls, v: str) -> str:
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; valid: {', '.join(TASKS)}")
-        return v
-
-    @field_validator("policy")
-    @classmethod
-    def _check_policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; valid: {', '.join(POLICIES)}")
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _check_schedule(cls, v: str) -> str:
-        if v not in SCHEDULES:
-            raise ValueError(f"unknown scheduling mode {v!r}; valid: {', '.join(SCHEDULES)}")
+    def _check_choice(cls, v: str, info: ValidationInfo) -> str:
+        valid = CHOICES[str(info.field_name)]
+        if v not in valid:
+            raise ValueError(
+                f"unknown {str(info.field_name).replace('_', ' ')} {v!r}; valid: {', '.join(valid)}"
+            )
         return v
 
     def targeting(self) -> TargetingConfig:
