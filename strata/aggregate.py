@@ -38,6 +38,9 @@ def weighted_mean(
     return acc.mean()
 
 
+_CHUNK = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class Moments:
     """A tensor's mean update Δ̄ in summary: entries, Σ entries, ‖Δ̄‖², and E = Σ_k p_k ‖Δ_k‖²."""
@@ -103,9 +106,12 @@ class FedAvgAccumulator:
         out: dict[str, Moments] = {}
         for name, c in self.counts.items():
             buf = self.sums[name]
-            s1 = float(buf.sum(dtype=torch.float64)) / c
-            s2 = float(torch.dot(buf, buf)) / (c * c)
-            out[name] = Moments(buf.numel(), s1, s2, self.energy.get(name, 0.0) / c)
+            s1 = s2 = 0.0
+            for start in range(0, buf.numel(), _CHUNK):  # float64 scalars, a chunk at a time
+                part = buf[start : start + _CHUNK].to(torch.float64)
+                s1 += float(part.sum())
+                s2 += float(torch.dot(part, part))
+            out[name] = Moments(buf.numel(), s1 / c, s2 / (c * c), self.energy.get(name, 0.0) / c)
         return out
 
     def drop(self, names: Iterable[str]) -> None:
