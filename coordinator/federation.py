@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from coordinator import checkpoint, spool
+from coordinator.divergence import RoundDivergence, Spooled, measure
 from coordinator.ingest import RoundSums, Upload, evict, receive
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
@@ -42,7 +43,7 @@ from strata.modeling import (
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.selection import block_scores
 from strata.serde import RoundTask, TrainingConfig, task_to_proto
-from strata.targeting import RoundPlan, Targeting
+from strata.targeting import BlockOutcome, RoundPlan, Targeting
 from strata.version import model_hash
 
 log = logging.getLogger("strata.coordinator")
@@ -61,6 +62,20 @@ class Session:
 
 
 @dataclass
+class Aggregated:
+    """What closing a round produced: the new version and the records of the round."""
+
+    version: int
+    hash: str
+    norm: float
+    applied: list[str]
+    block_rows: list[dict[str, Any]]
+    tensor_rows: list[dict[str, Any]]
+    alignments: list[dict[str, Any]]
+    noise_floor: float | None
+
+
+@dataclass
 class OpenRound:
     db_id: int
     number: int
@@ -72,6 +87,7 @@ class OpenRound:
     sums: RoundSums = field(default_factory=lambda: RoundSums({}))
     accepted: dict[str, int] = field(default_factory=dict)  # uid -> samples
     uploads: dict[str, Upload] = field(default_factory=dict)  # uid -> upload in flight
+    spooled: dict[str, Spooled] = field(default_factory=dict)  # uid -> its accepted update on disk
     bytes_up: int = 0
     raw_bytes_up: int = 0
     bytes_down: int = 0
@@ -233,6 +249,7 @@ class FederationRunner:
             "downstream",
             "down_encoding",
             "history",
+            "divergence",
             "policy",
             "blocks",
             "block_budget",
@@ -462,14 +479,15 @@ class FederationRunner:
             raise
         finally:
             r.uploads.pop(sess.uid, None)
-        writer.commit()
+        path = writer.commit()
         r.sums.commit(got.names, h.num_samples, got.sq)
         r.accepted[sess.uid] = h.num_samples
+        spooled = Spooled(sess.uid, path, h.num_samples)
         r.bytes_up += got.payload_bytes
         r.raw_bytes_up += got.raw_bytes
         r.loss_sum += h.train_loss * h.num_samples
         r.acc_sum += h.train_accuracy * h.num_samples
-        self.store.record_update(
+        spooled.update_id = self.store.record_update(
             r.db_id,
             sess.db_id,
             UpdateStatus.ACCEPTED,
@@ -485,6 +503,7 @@ class FederationRunner:
             train_seconds=h.train_seconds,
             upload_seconds=time.monotonic() - started,
         )
+        r.spooled[sess.uid] = spooled
         if set(r.accepted) >= set(r.participants):
             r.all_in.set()
         return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
@@ -637,7 +656,8 @@ class FederationRunner:
             return False
         self.store.set_round_fields(r.db_id, state=RoundState.AGGREGATING.value)
         t0 = time.monotonic()
-        new_version, new_hash, norm, applied, outcomes = await asyncio.to_thread(self._aggregate, r)
+        agg = await asyncio.to_thread(self._aggregate, r)
+        new_version, new_hash, applied = agg.version, agg.hash, agg.applied
         agg_seconds = time.monotonic() - t0
         t1 = time.monotonic()
         test_loss = test_acc = None
@@ -651,14 +671,17 @@ class FederationRunner:
             r.db_id,
             RoundState.COMPLETED,
             federation_fields=dict(model_version=new_version, model_hash=new_hash),
-            block_outcomes=outcomes,
+            block_outcomes=agg.block_rows,
+            tensor_rows=agg.tensor_rows,
+            alignments=agg.alignments,
+            noise_floor=agg.noise_floor,
             result_version=new_version,
             result_hash=new_hash,
             train_loss=r.loss_sum / n,
             train_accuracy=r.acc_sum / n,
             test_loss=test_loss,
             test_accuracy=test_acc,
-            update_norm=norm,
+            update_norm=agg.norm,
             aggregate_seconds=agg_seconds,
             eval_seconds=time.monotonic() - t1 if self.eval_examples else None,
             duration_seconds=time.monotonic() - started,
@@ -692,12 +715,11 @@ class FederationRunner:
         what = "probe: every block" if plan.probe else ", ".join(plan.train)
         return f"trains {len(plan.train)}/{len(self.bmap.names)} blocks ({what})"
 
-    def _aggregate(self, r: OpenRound) -> tuple[int, str, float, list[str], list[dict[str, Any]]]:
-        """Score every block the updates carried, let the policy decide which apply, and apply their FedAvg
-        mean to the global model exactly as workers will: encode it (with the server's error feedback), add
-        decode(encode(.)) to each tensor, and write that encoding as the version's update file; then
-        checkpoint the version. Returns the version, its hash, the applied update's norm, the applied
-        blocks and the block outcomes to record."""
+    def _aggregate(self, r: OpenRound) -> Aggregated:
+        """Score every block the updates carried and measure their divergence, let the policy decide which
+        blocks apply, and apply their FedAvg mean to the global model exactly as workers will: encode it
+        (with the server's error feedback), add decode(encode(.)) to each tensor, and write that encoding
+        as the version's update file; then checkpoint the version."""
         version = r.base_version + 1
         params = dict(self.model.named_parameters())
         moments = r.sums.moments()
@@ -705,6 +727,11 @@ class FederationRunner:
             n: float(torch.dot(params[n].detach().view(-1), params[n].detach().view(-1))) for n in moments
         }
         scores = block_scores(moments, weight_sq, self.bmap.block_of)
+        div = (
+            measure(r.sums, moments, list(r.spooled.values()), self.bmap.block_of)
+            if self.s.divergence
+            else None
+        )
         applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
         keep = self.bmap.tensors_of(applied)
         r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
@@ -719,13 +746,13 @@ class FederationRunner:
                 e = self.server_residual.get(name)
                 if lossy and e is not None and e.shape == u.shape:
                     u = u + e
-                enc, applied = codec.roundtrip(u, self.down_codec)
+                enc, sent = codec.roundtrip(u, self.down_codec)
                 if lossy:
-                    residual[name] = u - applied
+                    residual[name] = u - sent
                 p = params[name]
                 with torch.no_grad():
-                    add_update(p, applied)
-                sq += float(applied.double().pow(2).sum())
+                    add_update(p, sent)
+                sq += float(sent.double().pow(2).sum())
                 yield header_of(name, p, enc), enc.blocks
 
         write_frames(self.versions.update(version), frames())  # type: ignore[arg-type]
@@ -741,8 +768,44 @@ class FederationRunner:
         self.version, self.hash = version, h  # from here on, pulls get this version
         self.versions.prune(version, self.s.history)
         checkpoint.prune_residuals(self.ckpt_dir, keep=version)
-        rows = [dataclasses.asdict(o) | {"num_elements": self.bmap.sizes[o.block]} for o in outcomes]
-        return version, h, sq**0.5, applied, rows
+        return Aggregated(version, h, sq**0.5, applied, *self._records(outcomes, div, r))
+
+    def _records(
+        self, outcomes: list[BlockOutcome], div: RoundDivergence | None, r: OpenRound
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], float | None]:
+        """The rows a completed round adds: per block, per tensor, per worker alignment; the noise floor."""
+        blocks = []
+        for o in outcomes:
+            row = dataclasses.asdict(o) | {"num_elements": self.bmap.sizes[o.block]}
+            d = div.blocks.get(o.block) if div else None
+            if d is not None:
+                row |= dict(energy=d.energy, spread=d.spread, divergence=d.divergence, cancelled=d.cancelled)
+            blocks.append(row)
+        if div is None:
+            return blocks, [], [], None
+        numel = {n: math.prod(e.shape) for n, e in self.expected.items()}
+        tensors = [
+            dict(
+                tensor=name,
+                block=self.bmap.block_of[name],
+                num_elements=numel[name],
+                update_norm=math.sqrt(d.mean_sq),
+                energy=d.energy,
+                spread=d.spread,
+                divergence=d.divergence,
+                cancelled=d.cancelled,
+            )
+            for name, d in sorted(div.tensors.items())
+        ]
+        alignments = []
+        for uid, wa in div.workers.items():
+            update_id = r.spooled[uid].update_id
+            for scope, values in (("block", wa.blocks), ("tensor", wa.tensors)):
+                for name, (norm, cos) in values.items():
+                    alignments.append(
+                        dict(update_id=update_id, scope=scope, name=name, norm=norm, cosine=cos)
+                    )
+        return blocks, tensors, alignments, div.noise_floor
 
     async def _linger(self) -> None:
         if not self.s.exit_when_done:

@@ -131,6 +131,11 @@ class CoordinatorSettings(StrataSettings):
         ge=0,
         description="pre-selected: every this many rounds all blocks train, refreshing every score (0: round 1 only)",
     )
+    divergence: bool = Field(
+        True,
+        description="Measure layer-wise divergence each round: per block, per tensor and per worker (a second "
+        "pass over the spooled updates, about one decode of each)",
+    )
     torch_threads: int = Field(
         1,
         ge=0,

@@ -4,7 +4,9 @@ For a tensor (or a block: sums over its tensors) and updates Δ_k with FedAvg we
 
 - update energy     E = Σ_k p_k ‖Δ_k‖²
 - spread            V = Σ_k p_k ‖Δ_k − Δ̄‖² = E − ‖Δ̄‖²
-- divergence        D = V / (‖Δ̄‖² + ε): 0 when every worker moves the same way, large when moves cancel
+- divergence        D = V / (‖Δ̄‖² + ε·E): 0 when every worker moves the same way, large when moves cancel
+                    (ε relative to E, so D depends only on the directions, not on the updates' scale:
+                    a tensor that barely moved is judged like one that moved a lot)
 - cancelled share   ρ = V / E ∈ [0, 1], beside its noise floor 1 − Σ p_k² (K independent random directions)
 - per worker        ‖Δ_k‖ and cos(Δ_k, Δ̄)
 
@@ -40,7 +42,8 @@ def noise_floor(weights: Sequence[float]) -> float | None:
 
 
 def divergence(energy: float, mean_sq: float, weights: Sequence[float], eps: float = EPS) -> Divergence:
-    """E, ‖Δ̄‖² and the FedAvg weights of the updates -> the divergence measures."""
+    """E, ‖Δ̄‖² and the FedAvg weights of the updates -> the divergence measures (D and ρ are None when
+    nothing moved: E = 0)."""
     if len(weights) < 2:
         return Divergence(energy, mean_sq, None, None, None, None)
     spread = max(energy - mean_sq, 0.0)  # Jensen: E >= ‖Δ̄‖²; rounding may cross it by a hair
@@ -48,7 +51,7 @@ def divergence(energy: float, mean_sq: float, weights: Sequence[float], eps: flo
         energy=energy,
         mean_sq=mean_sq,
         spread=spread,
-        divergence=spread / (mean_sq + eps),
+        divergence=spread / (mean_sq + eps * energy) if energy > 0 else None,
         cancelled=min(spread / energy, 1.0) if energy > 0 else None,
         noise_floor=noise_floor(weights),
     )

@@ -136,6 +136,7 @@ class Round(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     blocks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # trained blocks; None: every block
     probe: Mapped[bool] = mapped_column(Boolean, default=False)
+    noise_floor: Mapped[float | None] = mapped_column(Float, nullable=True)  # 1 − Σ p_k²: ρ of random moves
 
     federation: Mapped[Federation] = relationship(back_populates="rounds")
     block_outcomes: Mapped[list[RoundBlock]] = relationship(
@@ -165,8 +166,45 @@ class RoundBlock(Base):
     relative: Mapped[float | None] = mapped_column(Float, nullable=True)
     consensus: Mapped[float | None] = mapped_column(Float, nullable=True)
     num_elements: Mapped[int] = mapped_column(BigInteger, default=0)
+    # layer-wise divergence of the block's updates (methods.md section 1); null below two updates
+    energy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spread: Mapped[float | None] = mapped_column(Float, nullable=True)
+    divergence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelled: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     round: Mapped[Round] = relationship(back_populates="block_outcomes")
+
+
+class RoundTensor(Base):
+    """One tensor's layer-wise divergence in one completed round."""
+
+    __tablename__ = "round_tensors"
+    __table_args__ = (UniqueConstraint("round_id", "tensor"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    tensor: Mapped[str] = mapped_column(String(512))
+    block: Mapped[str] = mapped_column(String(64))
+    num_elements: Mapped[int] = mapped_column(BigInteger, default=0)
+    update_norm: Mapped[float] = mapped_column(Float)  # ‖Δ̄‖
+    energy: Mapped[float] = mapped_column(Float)
+    spread: Mapped[float | None] = mapped_column(Float, nullable=True)
+    divergence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancelled: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class UpdateAlignment(Base):
+    """One accepted update against the round's mean, per block or per tensor: ‖Δ_k‖ and cos(Δ_k, Δ̄)."""
+
+    __tablename__ = "update_alignments"
+    __table_args__ = (UniqueConstraint("update_id", "scope", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    update_id: Mapped[int] = mapped_column(ForeignKey("updates.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str] = mapped_column(String(8))  # "block" or "tensor"
+    name: Mapped[str] = mapped_column(String(512))
+    norm: Mapped[float] = mapped_column(Float)
+    cosine: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Update(Base):

@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.storage.db import make_engine, session_factory
@@ -18,7 +18,9 @@ from coordinator.storage.models import (
     Round,
     RoundBlock,
     RoundState,
+    RoundTensor,
     Update,
+    UpdateAlignment,
     UpdateStatus,
     Worker,
     utcnow,
@@ -134,10 +136,12 @@ class Store:
         state: RoundState,
         federation_fields: dict[str, Any] | None = None,
         block_outcomes: list[dict[str, Any]] | None = None,
+        tensor_rows: list[dict[str, Any]] | None = None,
+        alignments: list[dict[str, Any]] | None = None,
         **fields: Any,
     ) -> None:
-        """Close a round and, in the same transaction, record its blocks' outcomes and advance the
-        federation (version, hash)."""
+        """Close a round and, in the same transaction, record its blocks' outcomes, its per-tensor and
+        per-worker divergence, and advance the federation (version, hash)."""
         with self.sessions.begin() as s:
             r = s.get(Round, round_id)
             assert r is not None
@@ -147,6 +151,10 @@ class Store:
                 setattr(r, k, v)
             for row in block_outcomes or []:
                 s.add(RoundBlock(round_id=round_id, **row))
+            if tensor_rows:
+                s.execute(insert(RoundTensor), [{"round_id": round_id, **row} for row in tensor_rows])
+            if alignments:
+                s.execute(insert(UpdateAlignment), alignments)
             if federation_fields:
                 s.execute(
                     update(Federation)
