@@ -23,12 +23,15 @@ from coordinator.storage.models import (
     Round,
     RoundBlock,
     RoundState,
+    RoundTensor,
     Update,
+    UpdateAlignment,
     UpdateStatus,
     Worker,
 )
 from dashboard_api.schemas import (
     BLOCK_METRICS,
+    AlignmentOut,
     BlockMatrix,
     BlockOutcomeOut,
     ErrorOut,
@@ -38,8 +41,11 @@ from dashboard_api.schemas import (
     Health,
     Page,
     RoundDetail,
+    RoundDivergenceOut,
     RoundOut,
+    TensorDivergenceOut,
     UpdateOut,
+    WorkerDivergenceOut,
     WorkerOut,
     as_utc,
 )
@@ -274,6 +280,59 @@ def get_round_blocks(
 
 
 @api.get(
+    "/federations/{name}/rounds/{number}/divergence",
+    response_model=RoundDivergenceOut,
+    responses=NOT_FOUND,
+    summary="A round's layer-wise divergence",
+    tags=["divergence"],
+)
+def get_round_divergence(
+    federation: FederationDep,
+    session: SessionDep,
+    number: Annotated[int, Path(description="Round number.")],
+    tensors: Annotated[bool, Query(description="Also list every tensor (per round and per worker).")] = False,
+) -> RoundDivergenceOut:
+    """How far the round's updates drifted apart, per block (and per tensor), with each worker's update
+    norm and cosine to the mean update. Empty lists for a round that did not complete."""
+    rnd = _round_or_404(federation, session, number)
+    per_tensor = []
+    if tensors:
+        per_tensor = [
+            TensorDivergenceOut.model_validate(row)
+            for row in session.scalars(
+                select(RoundTensor).where(RoundTensor.round_id == rnd.id).order_by(RoundTensor.tensor)
+            )
+        ]
+    position = {
+        o.block: o.position for o in session.scalars(select(RoundBlock).where(RoundBlock.round_id == rnd.id))
+    }
+    scopes = ["block", "tensor"] if tensors else ["block"]
+    rows = session.execute(
+        select(UpdateAlignment, Worker.name, Update.num_samples)
+        .join(Update, UpdateAlignment.update_id == Update.id)
+        .join(Worker, Update.worker_id == Worker.id)
+        .where(Update.round_id == rnd.id, UpdateAlignment.scope.in_(scopes))
+        .order_by(Worker.name, UpdateAlignment.name)
+    ).all()
+    workers: dict[str, WorkerDivergenceOut] = {}
+    for a, name, samples in rows:
+        w = workers.setdefault(
+            name, WorkerDivergenceOut(worker=name, num_samples=samples, blocks=[], tensors=[])
+        )
+        (w.blocks if a.scope == "block" else w.tensors).append(AlignmentOut.model_validate(a))
+    for w in workers.values():
+        w.blocks.sort(key=lambda x: position.get(x.name, 0))
+    return RoundDivergenceOut(
+        round=rnd.number,
+        num_updates=rnd.num_updates,
+        noise_floor=rnd.noise_floor,
+        blocks=_outcomes(session, rnd.id),
+        tensors=per_tensor,
+        workers=list(workers.values()),
+    )
+
+
+@api.get(
     "/federations/{name}/blocks",
     response_model=BlockMatrix,
     responses={**NOT_FOUND, 422: {"model": ErrorOut, "description": "Unknown metric or bad paging."}},
@@ -285,29 +344,41 @@ def get_block_matrix(
     session: SessionDep,
     metric: Annotated[
         str, Query(description=f"The value to show per cell: one of {', '.join(BLOCK_METRICS)}.")
-    ] = "score",
-    offset: Annotated[int, Query(ge=0, description="Completed rounds to skip.")] = 0,
+    ] = "divergence",
+    first: Annotated[int, Query(ge=1, description="First round number of the range.")] = 1,
+    last: Annotated[
+        int | None, Query(ge=1, description="Last round number of the range (default: the newest).")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, description="Completed rounds of the range to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
 ) -> BlockMatrix:
-    """Which blocks each completed round trained and applied, and a metric per block and round: rows are
-    the model's blocks in model order, columns the rounds."""
+    """Which blocks each completed round trained and applied, and a metric per block and round (the layer-wise
+    divergence by default): rows are the model's blocks in model order, columns the rounds of the range."""
     if metric not in BLOCK_METRICS:
         raise HTTPException(
             status_code=422, detail=f"unknown metric {metric!r}; choose one of {', '.join(BLOCK_METRICS)}"
         )
-    where = (Round.federation_id == federation.id, Round.state == RoundState.COMPLETED.value)
+    if last is not None and last < first:
+        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    where = [
+        Round.federation_id == federation.id,
+        Round.state == RoundState.COMPLETED.value,
+        Round.number >= first,
+    ]
+    if last is not None:
+        where.append(Round.number <= last)
     with_blocks = select(Round.id).where(*where, Round.id.in_(select(RoundBlock.round_id)))
     total = session.scalar(select(func.count()).select_from(with_blocks.subquery())) or 0
     page = list(
         session.execute(
-            select(Round.id, Round.number)
+            select(Round.id, Round.number, Round.noise_floor)
             .where(*where, Round.id.in_(select(RoundBlock.round_id)))
             .order_by(Round.number)
             .offset(offset)
             .limit(limit)
         ).all()
     )
-    column = {rid: j for j, (rid, _) in enumerate(page)}
+    column = {rid: j for j, (rid, _, _) in enumerate(page)}
     rows = session.scalars(
         select(RoundBlock).where(RoundBlock.round_id.in_(list(column))).order_by(RoundBlock.position)
     ).all()
@@ -330,7 +401,8 @@ def get_block_matrix(
         schedule=str(config.get("schedule", "pre-selected")),
         metric=metric,
         blocks=blocks,
-        rounds=[number for _, number in page],
+        rounds=[number for _, number, _ in page],
+        noise_floor=[floor for _, _, floor in page],
         trained=trained,
         applied=applied,
         values=values,

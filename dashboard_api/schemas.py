@@ -93,6 +93,10 @@ class RoundOut(_Out):
         "(policy full)."
     )
     probe: bool = Field(description="A probe round: every block trained to refresh every block's score.")
+    noise_floor: float | None = Field(
+        description="1 − Σ p_k²: the cancelled share ρ that independent random updates would show (null below "
+        "two updates)."
+    )
 
     @computed_field(description="exp(test_loss): the test perplexity of a causal-lm federation.")  # type: ignore[prop-decorator]
     @property
@@ -162,9 +166,28 @@ class BlockOutcomeOut(_Out):
         description="‖Δ̄‖² / Σ p_k‖Δ_k‖² in [0, 1]: 1 when every worker moved the block the same way."
     )
     num_elements: int = Field(description="Parameters in the block.")
+    energy: float | None = Field(description="E = Σ p_k ‖Δ_k‖² of the block's updates.")
+    spread: float | None = Field(description="V = Σ p_k ‖Δ_k − Δ̄‖² = E − ‖Δ̄‖² (null below two updates).")
+    divergence: float | None = Field(
+        description="D = V / (‖Δ̄‖² + ε·E): 0 when every worker moved the block alike (null below two updates)."
+    )
+    cancelled: float | None = Field(
+        description="ρ = V / E in [0, 1]: the share of the update energy that cancelled."
+    )
 
 
-BLOCK_METRICS = ("score", "fedtlu", "agreement", "update_norm", "relative", "consensus")
+BLOCK_METRICS = (
+    "divergence",
+    "cancelled",
+    "energy",
+    "spread",
+    "score",
+    "fedtlu",
+    "agreement",
+    "update_norm",
+    "relative",
+    "consensus",
+)
 
 
 class BlockMatrix(_Out):
@@ -178,9 +201,45 @@ class BlockMatrix(_Out):
     values: list[list[float | None]] = Field(
         description="values[block][round]: the metric, null when unknown."
     )
+    noise_floor: list[float | None] = Field(
+        description="noise_floor[round]: ρ of independent random updates."
+    )
     total_rounds: int = Field(description="Completed rounds with block outcomes, over all pages.")
     offset: int = Field(description="Index of the first round of this page.")
     limit: int = Field(description="Largest number of rounds a page holds.")
+
+
+class TensorDivergenceOut(_Out):
+    tensor: str = Field(description="Parameter name.")
+    block: str = Field(description="The block it belongs to.")
+    num_elements: int = Field(description="Entries of the tensor.")
+    update_norm: float = Field(description="‖Δ̄‖ of its aggregated update.")
+    energy: float = Field(description="E = Σ p_k ‖Δ_k‖².")
+    spread: float | None = Field(description="V = E − ‖Δ̄‖² (null below two updates).")
+    divergence: float | None = Field(description="D = V / (‖Δ̄‖² + ε·E) (null below two updates).")
+    cancelled: float | None = Field(description="ρ = V / E (null below two updates).")
+
+
+class AlignmentOut(_Out):
+    name: str = Field(description="Block or tensor name.")
+    norm: float = Field(description="‖Δ_k‖ of the worker's update.")
+    cosine: float | None = Field(description="cos(Δ_k, Δ̄): 1 when the worker moved with the federation.")
+
+
+class WorkerDivergenceOut(_Out):
+    worker: str = Field(description="Worker name.")
+    num_samples: int = Field(description="Samples behind its update (its FedAvg weight).")
+    blocks: list[AlignmentOut] = Field(description="Per block, in model order.")
+    tensors: list[AlignmentOut] = Field(description="Per tensor, by name (empty unless tensors=true).")
+
+
+class RoundDivergenceOut(_Out):
+    round: int = Field(description="Round number.")
+    num_updates: int = Field(description="Accepted updates the measures come from.")
+    noise_floor: float | None = Field(description="1 − Σ p_k²: ρ of independent random updates.")
+    blocks: list[BlockOutcomeOut] = Field(description="Per block, in model order.")
+    tensors: list[TensorDivergenceOut] = Field(description="Per tensor, by name (empty unless tensors=true).")
+    workers: list[WorkerDivergenceOut] = Field(description="Per worker: norm and cosine to the mean.")
 
 
 class RoundDetail(RoundOut):

@@ -422,7 +422,13 @@ def test_block_views_without_targeting_records(client: TestClient, seeded: Seed)
     r = client.get(f"{API}/federations/{FED}/rounds/9/blocks")
     assert r.status_code == 404 and r.json()["detail"] == f"round 9 of federation '{FED}' not found"
     m = client.get(f"{API}/federations/{FED}/blocks").json()
-    assert (m["blocks"], m["rounds"], m["values"], m["total_rounds"], m["metric"]) == ([], [], [], 0, "score")
+    assert (m["blocks"], m["rounds"], m["values"], m["total_rounds"], m["metric"]) == (
+        [],
+        [],
+        [],
+        0,
+        "divergence",
+    )
     assert client.get(f"{API}/federations/{FED}/blocks", params={"metric": "x"}).status_code == 422
     assert client.get(f"{API}/federations/{FED}/blocks", params={"limit": 0}).status_code == 422
     assert client.get(f"{API}/federations/nope/blocks").status_code == 404
@@ -463,9 +469,14 @@ def test_openapi_and_docs(client: TestClient) -> None:
         f"{API}/federations/{{name}}/rounds",
         f"{API}/federations/{{name}}/rounds/{{number}}",
         f"{API}/federations/{{name}}/workers",
+        f"{API}/federations/{{name}}/rounds/{{number}}/blocks",
+        f"{API}/federations/{{name}}/rounds/{{number}}/divergence",
+        f"{API}/federations/{{name}}/blocks",
     }
     schemas = spec["components"]["schemas"]
-    for model in ("FederationStatus", "RoundDetail", "UpdateOut", "EvaluationOut", "WorkerOut", "Health"):
+    models = ("FederationStatus", "RoundDetail", "UpdateOut", "EvaluationOut", "WorkerOut", "Health")
+    models += ("BlockOutcomeOut", "BlockMatrix", "RoundDivergenceOut", "TensorDivergenceOut", "AlignmentOut")
+    for model in models:
         for prop, info in schemas[model]["properties"].items():
             assert info.get("description"), f"{model}.{prop} has no description"
     docs = client.get("/docs")

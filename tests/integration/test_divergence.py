@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from coordinator.storage.models import Round, RoundBlock, RoundTensor, Update, UpdateAlignment, Worker
 from coordinator.storage.store import Store
+from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
@@ -80,3 +82,24 @@ def test_stored_divergence_matches_numpy(tmp_path: Path, db_url: str, tiny_model
                 .where(Update.round_id == rnd.id, UpdateAlignment.scope == "tensor")
             ).all()
             assert len(per_tensor) == 3 * len(bmap.block_of)
+
+    with TestClient(create_app(db_url)) as api:
+        d = api.get("/api/v1/federations/test/rounds/2/divergence").json()
+        assert d["round"] == 2 and d["num_updates"] == 3 and d["tensors"] == []
+        assert [b["block"] for b in d["blocks"]] == bmap.names
+        assert all(b["divergence"] is not None and 0 <= b["cancelled"] <= 1 for b in d["blocks"])
+        assert sorted(w["worker"] for w in d["workers"]) == ["org-1", "org-2", "org-3"]
+        for w in d["workers"]:
+            assert [a["name"] for a in w["blocks"]] == bmap.names and w["tensors"] == []
+            assert all(-1 <= a["cosine"] <= 1 for a in w["blocks"])
+        full = api.get("/api/v1/federations/test/rounds/2/divergence", params={"tensors": "true"}).json()
+        assert {t["tensor"] for t in full["tensors"]} == set(bmap.block_of)
+        assert all(len(w["tensors"]) == len(bmap.block_of) for w in full["workers"])
+        m = api.get("/api/v1/federations/test/blocks").json()
+        assert m["metric"] == "divergence" and m["rounds"] == [1, 2] and len(m["noise_floor"]) == 2
+        assert m["values"][0][1] == pytest.approx(d["blocks"][0]["divergence"])
+        assert api.get("/api/v1/federations/test/blocks", params={"first": 2}).json()["rounds"] == [2]
+        assert api.get("/api/v1/federations/test/blocks", params={"last": 1}).json()["rounds"] == [1]
+        bad = api.get("/api/v1/federations/test/blocks", params={"first": 2, "last": 1})
+        assert bad.status_code == 422 and "empty range" in bad.text
+        assert api.get("/api/v1/federations/test/rounds/7/divergence").status_code == 404
