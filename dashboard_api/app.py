@@ -30,9 +30,9 @@ from coordinator.storage.models import (
     Worker,
 )
 from dashboard_api.schemas import (
-    BLOCK_METRICS,
     AlignmentOut,
     BlockMatrix,
+    BlockMetric,
     BlockOutcomeOut,
     ErrorOut,
     EvaluationOut,
@@ -62,6 +62,8 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 }
 
 M = TypeVar("M", bound=BaseModel)
+MAX_INT = 2**31 - 1  # round numbers and offsets are 32-bit columns: beyond, a precise 422, not a 500
+RoundNumber = Annotated[int, Path(ge=1, le=MAX_INT, description="Round number.")]
 
 
 # ---------------------------------------------------------------- dependencies
@@ -195,7 +197,7 @@ def get_federation_status(
 def list_rounds(
     federation: FederationDep,
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0, description="Number of rounds to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Number of rounds to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=500, description="Largest number of rounds to return.")] = 50,
     state: Annotated[RoundState | None, Query(description="Only rounds in this state.")] = None,
 ) -> Page[RoundOut]:
@@ -220,7 +222,7 @@ def list_rounds(
 def get_round(
     federation: FederationDep,
     session: SessionDep,
-    number: Annotated[int, Path(description="Round number.")],
+    number: RoundNumber,
 ) -> RoundDetail:
     """One round with its metrics, its blocks' outcomes, every update received and the workers'
     evaluations."""
@@ -272,7 +274,7 @@ def _outcomes(session: Session, round_id: int) -> list[BlockOutcomeOut]:
 def get_round_blocks(
     federation: FederationDep,
     session: SessionDep,
-    number: Annotated[int, Path(description="Round number.")],
+    number: RoundNumber,
 ) -> list[BlockOutcomeOut]:
     """Every block of the model in one round, in model order: trained, applied, the policy's score and
     the measurements behind it. Empty for a round that did not complete."""
@@ -289,7 +291,7 @@ def get_round_blocks(
 def get_round_divergence(
     federation: FederationDep,
     session: SessionDep,
-    number: Annotated[int, Path(description="Round number.")],
+    number: RoundNumber,
     tensors: Annotated[bool, Query(description="Also list every tensor (per round and per worker).")] = False,
 ) -> RoundDivergenceOut:
     """How far the round's updates drifted apart, per block (and per tensor), with each worker's update
@@ -342,22 +344,17 @@ def get_round_divergence(
 def get_block_matrix(
     federation: FederationDep,
     session: SessionDep,
-    metric: Annotated[
-        str, Query(description=f"The value to show per cell: one of {', '.join(BLOCK_METRICS)}.")
-    ] = "divergence",
-    first: Annotated[int, Query(ge=1, description="First round number of the range.")] = 1,
+    metric: Annotated[BlockMetric, Query(description="The value to show per cell.")] = "divergence",
+    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
     last: Annotated[
-        int | None, Query(ge=1, description="Last round number of the range (default: the newest).")
+        int | None,
+        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
     ] = None,
-    offset: Annotated[int, Query(ge=0, description="Completed rounds of the range to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Completed rounds of the range to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
 ) -> BlockMatrix:
     """Which blocks each completed round trained and applied, and a metric per block and round (the layer-wise
     divergence by default): rows are the model's blocks in model order, columns the rounds of the range."""
-    if metric not in BLOCK_METRICS:
-        raise HTTPException(
-            status_code=422, detail=f"unknown metric {metric!r}; choose one of {', '.join(BLOCK_METRICS)}"
-        )
     if last is not None and last < first:
         raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
     where = [

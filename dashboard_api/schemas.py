@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
@@ -176,7 +176,7 @@ class BlockOutcomeOut(_Out):
     )
 
 
-BLOCK_METRICS = (
+BlockMetric = Literal[
     "divergence",
     "cancelled",
     "energy",
@@ -187,7 +187,8 @@ BLOCK_METRICS = (
     "update_norm",
     "relative",
     "consensus",
-)
+]
+BLOCK_METRICS: tuple[str, ...] = get_args(BlockMetric)
 
 
 class BlockMatrix(_Out):

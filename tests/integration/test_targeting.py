@@ -142,7 +142,7 @@ def test_pre_selected_workers_train_and_send_only_the_rounds_blocks(
             assert m["applied"][i] == [True, block in plans[2], block in plans[3]]
         assert all(v is not None for v in (row[0] for row in m["values"]))  # round 1 scored every block
         bad = api.get("/api/v1/federations/test/blocks", params={"metric": "loudness"})
-        assert bad.status_code == 422 and "choose one of score" in bad.text
+        assert bad.status_code == 422 and "'consensus'" in bad.text  # the message lists the metrics
 
 
 def test_server_masked_trains_every_block_and_applies_the_chosen_ones(
