@@ -21,6 +21,7 @@ import torch
 from coordinator import checkpoint, spool
 from coordinator.divergence import RoundDivergence, Spooled, measure
 from coordinator.ingest import RoundSums, Upload, evict, receive
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
 from coordinator.storage.store import Store, hash_token
@@ -28,7 +29,7 @@ from coordinator.versions import VersionFiles, read_frames, write_frames
 from strata import codec, tensorfile
 from strata.codec import Codec
 from strata.data import Example, read_examples
-from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, StrataError
 from strata.frames import Expected, add_update, expected_of, file_header, header_of, pieces
 from strata.layers import block_map
 from strata.modeling import (
@@ -154,6 +155,8 @@ class FederationRunner:
             seed=settings.seed,
         )
         self.told_done: set[str] = set()
+        self.metrics = CoordinatorMetrics(settings.federation)
+        self.metrics.watch_workers(lambda: len(self.online()))
 
     # ------------------------------------------------------------------ set-up and resume
     def setup(self) -> None:
@@ -216,6 +219,7 @@ class FederationRunner:
             config=self._config_record(),  # a restart may change settings (e.g. the policy): record them
         )
         self.version, self.hash = version, h
+        self.metrics.version.labels(s.federation).set(version)
         self.expected: dict[str, Expected] = expected_of(tensors)
         for r in self.store.rounds(self.fed_id):  # the hash of every version the federation has had
             self.hashes[r.base_version] = r.base_hash
@@ -391,6 +395,7 @@ class FederationRunner:
                 else:
                     sent += len(value)  # type: ignore[arg-type]
                     yield pb.ModelChunk(data=value)  # type: ignore[arg-type]
+        self.metrics.bytes_out.labels(self.s.federation).inc(sent)
         r = self.current  # count before the end marker: a client may hang up as soon as it has it
         if r is not None and not r.closed:
             r.bytes_down += sent
@@ -469,6 +474,9 @@ class FederationRunner:
                 base_version=h.base_version,
                 num_samples=h.num_samples,
             )
+            code = exc.code if isinstance(exc, StrataError) else "CANCELLED"
+            status = UpdateStatus.LATE if late else UpdateStatus.REJECTED
+            self.metrics.updates.labels(self.s.federation, status.value, code).inc()
             log.warning(
                 "update from %s for round %d %s: %s",
                 sess.name,
@@ -504,6 +512,8 @@ class FederationRunner:
             upload_seconds=time.monotonic() - started,
         )
         r.spooled[sess.uid] = spooled
+        self.metrics.updates.labels(self.s.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
+        self.metrics.bytes_in.labels(self.s.federation).inc(got.payload_bytes)
         if set(r.accepted) >= set(r.participants):
             r.all_in.set()
         return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
@@ -653,12 +663,15 @@ class FederationRunner:
                 **common,
             )
             log.warning("round %d failed: %s", r.number, reason)
+            self.metrics.rounds.labels(self.s.federation, RoundState.FAILED.value).inc()
+            self.metrics.round_seconds.labels(self.s.federation).observe(time.monotonic() - started)
             return False
         self.store.set_round_fields(r.db_id, state=RoundState.AGGREGATING.value)
         t0 = time.monotonic()
         agg = await asyncio.to_thread(self._aggregate, r)
         new_version, new_hash, applied = agg.version, agg.hash, agg.applied
         agg_seconds = time.monotonic() - t0
+        self.metrics.aggregate_seconds.labels(self.s.federation).observe(agg_seconds)
         t1 = time.monotonic()
         test_loss = test_acc = None
         if self.eval_examples:
@@ -687,6 +700,9 @@ class FederationRunner:
             duration_seconds=time.monotonic() - started,
             **common,
         )
+        self.metrics.rounds.labels(self.s.federation, RoundState.COMPLETED.value).inc()
+        self.metrics.round_seconds.labels(self.s.federation).observe(time.monotonic() - started)
+        self.metrics.version.labels(self.s.federation).set(new_version)
         spool.prune(self.spool_dir, keep_from=r.number - 1)
         if self.completed >= self.s.rounds:
             self.done = True

@@ -49,6 +49,7 @@ class CoordinatorServer:
         self.runner = FederationRunner(settings, self.store)
         self.runner.setup()
         self.port = 0
+        self.metrics_port = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -74,6 +75,8 @@ class CoordinatorServer:
             raise RuntimeError(f"could not bind {self.settings.listen}")
         await self.server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.metrics_listen:
+            self.metrics_port = self.runner.metrics.serve(self.settings.metrics_listen)
         if self.settings.port_file is not None:
             _write_atomic(self.settings.port_file, f"{self.port}\n")
         log.info("coordinator for federation %s listening on port %d", self.settings.federation, self.port)
@@ -86,6 +89,7 @@ class CoordinatorServer:
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.settings.grace_seconds)
+        self.runner.metrics.close()
         self.store.close()
 
     async def serve(self) -> None:

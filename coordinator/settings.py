@@ -36,6 +36,9 @@ class CoordinatorSettings(StrataSettings):
     listen: str = Field(
         "127.0.0.1:50051", description="gRPC listen address host:port (port 0 picks a free port)"
     )
+    metrics_listen: str = Field(
+        "", description="host:port to serve Prometheus metrics on at /metrics (empty: off; port 0 picks one)"
+    )
     port_file: Path | None = Field(None, description="Write the bound port to this file once listening")
     database_url: str = Field(
         "sqlite:///strata-data/strata.db",

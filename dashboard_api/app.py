@@ -29,6 +29,7 @@ from coordinator.storage.models import (
     UpdateStatus,
     Worker,
 )
+from dashboard_api import metrics
 from dashboard_api.schemas import (
     AlignmentOut,
     BlockMatrix,
@@ -517,4 +518,5 @@ def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
     app.add_exception_handler(DBAPIError, _database_error)
     app.include_router(router)
     app.include_router(api)
+    app.state.metrics = metrics.install(app)
     return app
