@@ -7,10 +7,12 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path as PathLib
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import Engine, case, event, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -54,6 +56,7 @@ from strata import __version__
 
 log = logging.getLogger(__name__)
 
+STATIC = PathLib(__file__).resolve().parent / "static"
 SCHEMA_MISSING = "database schema missing: run the coordinator or `strata migrate` first"
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown federation or round."}
@@ -519,4 +522,11 @@ def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
     app.include_router(router)
     app.include_router(api)
     app.state.metrics = metrics.install(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The federation page (static HTML and JS reading this API; nothing to build)."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -60,3 +61,39 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     from tests.helpers import make_model
 
     return make_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def federation_db(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
+    """The SQLite database of a finished real federation "demo": 3 workers, 4 rounds, policy agreement with
+    k = 1, so it holds targeted blocks, scores and layer-wise divergence."""
+    from tests.helpers import (
+        ServedCoordinator,
+        coordinator_settings,
+        make_worker_data,
+        make_workers,
+        run_to_done,
+    )
+
+    tmp = tmp_path_factory.mktemp("federation-db")
+    db = f"sqlite:///{tmp / 'demo.db'}"
+    settings = coordinator_settings(
+        tmp,
+        db,
+        tiny_model,
+        federation="demo",
+        rounds=4,
+        policy="agreement",
+        blocks=1,
+        probe_every=0,
+        eval_data=make_worker_data(tmp / "eval", 1, per_worker=80)[0] / "train.jsonl",
+    )
+    coord = ServedCoordinator(settings)
+    workers = make_workers(coord.address, make_worker_data(tmp / "data", 3), tmp)
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
+            w.close()
+    coord.wait()
+    return db

@@ -4,32 +4,10 @@ the schema, and nothing may answer 5xx."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from dashboard_api.app import create_app
-from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data, make_workers, run_to_done
-
-
-@pytest.fixture(scope="module")
-def federation_db(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
-    tmp = tmp_path_factory.mktemp("schema")
-    db = f"sqlite:///{tmp / 'api.db'}"
-    settings_ = coordinator_settings(
-        tmp, db, tiny_model, federation="demo", rounds=2, policy="agreement", blocks=1, probe_every=0
-    )
-    coord = ServedCoordinator(settings_)
-    workers = make_workers(coord.address, make_worker_data(tmp / "data", 3), tmp)
-    try:
-        run_to_done(workers)
-    finally:
-        for w in workers:
-            w.close()
-    coord.wait()
-    return db
 
 
 def test_every_operation_conforms_to_its_schema(federation_db: str) -> None:
