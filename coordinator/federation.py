@@ -123,8 +123,6 @@ class FederationRunner:
     def __init__(self, settings: CoordinatorSettings, store: Store) -> None:
         if settings.model is None:
             raise ValueError("model: a transformers model directory is required (--model)")
-        if not settings.worker_tokens:
-            raise ValueError("worker_tokens: give at least one token workers may join with")
         self.s = settings
         self.store = store
         self.causal = settings.task == "causal-lm"
@@ -139,6 +137,9 @@ class FederationRunner:
         self.hashes: dict[int, str] = {}
         self.snapshot_lock = asyncio.Lock()
         self.token_hashes = {hash_token(t) for t in settings.worker_tokens}
+        self.issued: set[str] = set()  # hashes of the valid tokens issued through the dashboard API
+        self.desired: str | None = None  # what an administrator asked for: running, paused, stopped
+        self.stopped = False
         self.sessions: dict[str, Session] = {}
         self.current: OpenRound | None = None
         self.done = False
@@ -181,6 +182,7 @@ class FederationRunner:
             config=self._config_record(),
         )
         self.fed_id = fed.id
+        was_stopped = fed.state == FederationState.STOPPED.value
         if fed.task_kind != s.task:
             raise ValueError(
                 f"federation {s.federation!r} was created for task {fed.task_kind}, not {s.task}; "
@@ -233,6 +235,16 @@ class FederationRunner:
         self.completed = self.store.completed_rounds(self.fed_id)
         if self.completed >= s.rounds:
             self.done = True
+        self.desired, self.issued = self.store.control(self.fed_id)
+        if was_stopped or self.desired == "stopped":  # stopped by an administrator: workers only hear DONE
+            self.done = self.stopped = True
+            self.store.update_federation(self.fed_id, state=FederationState.STOPPED.value)
+        if not self.token_hashes and not self.issued:
+            log.warning(
+                "no worker tokens: workers can join only with tokens issued through the dashboard API "
+                "(strata admin token issue %s LABEL)",
+                s.federation,
+            )
 
     def _config_record(self) -> dict[str, object]:
         keep = (
@@ -266,7 +278,9 @@ class FederationRunner:
 
     # ------------------------------------------------------------------ workers
     def authorise(self, token: str) -> bool:
-        return hash_token(token) in self.token_hashes
+        """A token from the settings, or one issued through the dashboard API and not revoked."""
+        h = hash_token(token)
+        return h in self.token_hashes or h in self.issued
 
     def session(self, uid: str, token: str) -> Session:
         sess = self.sessions.get(uid)
@@ -570,27 +584,73 @@ class FederationRunner:
     async def run(self) -> None:
         """Run rounds until `rounds` have completed, then linger so workers hear DONE."""
         flusher = asyncio.create_task(self._flush_last_seen())
+        watcher = asyncio.create_task(self._watch_control())
         try:
             failures = 0
             while not self.done:
+                if not await self._follow_control():
+                    break
                 await self._wait_for_workers()
+                if self.desired in ("paused", "stopped"):
+                    continue  # asked while waiting for workers: no new round
                 ok = await self._run_round()
                 failures = 0 if ok else failures + 1
                 if failures >= self.s.max_failed_rounds:
                     msg = f"{failures} consecutive rounds failed to reach their quorum"
                     self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)
                     raise RuntimeError(msg)
-            self.store.update_federation(self.fed_id, state=FederationState.COMPLETED.value)
+            if self.stopped:
+                self.store.update_federation(self.fed_id, state=FederationState.STOPPED.value)
+                log.info(
+                    "federation %s stopped by an administrator after %d rounds",
+                    self.s.federation,
+                    self.completed,
+                )
+            else:
+                self.store.update_federation(self.fed_id, state=FederationState.COMPLETED.value)
+                log.info("federation %s completed %d rounds", self.s.federation, self.completed)
             await self._notify()
-            log.info("federation %s completed %d rounds", self.s.federation, self.completed)
             await self._linger()
         finally:
             flusher.cancel()
+            watcher.cancel()
             self._flush_now()
+
+    async def _follow_control(self) -> bool:
+        """Between rounds: wait while paused; False when stopped (the loop ends and workers hear DONE)."""
+        announced = False
+        while self.desired == "paused":
+            if not announced:
+                self.store.update_federation(self.fed_id, state=FederationState.PAUSED.value)
+                log.info("federation %s paused by an administrator", self.s.federation)
+                announced = True
+            await asyncio.sleep(0.2)
+        if self.desired == "stopped":
+            self.done = self.stopped = True
+            return False
+        if announced:
+            self.store.update_federation(self.fed_id, state=FederationState.RUNNING.value)
+            log.info("federation %s resumed", self.s.federation)
+        return True
+
+    async def _watch_control(self) -> None:
+        """Poll the administrator's wishes (state, issued and revoked tokens) from the database."""
+        while True:
+            await asyncio.sleep(self.s.control_poll_seconds)
+            try:
+                self.desired, self.issued = await asyncio.to_thread(self.store.control, self.fed_id)
+            except Exception:  # noqa: BLE001 - a missed poll must not stop the federation
+                log.exception("could not read the federation's control state")
+                continue
+            allowed = self.token_hashes | self.issued
+            for uid, sess in list(self.sessions.items()):  # a revoked token's workers are gone at once
+                if sess.token_hash not in allowed:
+                    del self.sessions[uid]
+                    log.info("worker %s removed: its token was revoked", sess.name)
 
     async def _wait_for_workers(self) -> None:
         started = time.monotonic()
-        while len(self.online()) < self.s.min_workers:
+        while len(self.online()) < self.s.min_workers and self.desired not in ("paused", "stopped"):
             if self.s.start_timeout and time.monotonic() - started > self.s.start_timeout:
                 msg = f"only {len(self.online())} of {self.s.min_workers} workers joined within {self.s.start_timeout:g}s"
                 self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)

@@ -8,8 +8,7 @@ from typing import Annotated
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from strata.codec import ENCODINGS
-from strata.modeling import TASKS
+from strata.names import ENCODINGS, TASKS
 from strata.selection import POLICIES
 from strata.settings import StrataSettings
 from strata.targeting import SCHEDULES, TargetingConfig
@@ -82,7 +81,8 @@ class CoordinatorSettings(StrataSettings):
     )
     worker_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Tokens workers may join with (comma-separated); one per organisation",
+        description="Tokens workers may join with (comma-separated), one per organisation; tokens issued "
+        "through the dashboard API (strata admin) work too",
     )
     local_epochs: int = Field(1, ge=1, description="Local epochs per round")
     max_steps: int = Field(0, ge=0, description="Cap on local optimiser steps per round (0: no cap)")
@@ -152,6 +152,12 @@ class CoordinatorSettings(StrataSettings):
         60.0, gt=0, description="A worker not heard from for this many seconds is offline"
     )
     task_poll_seconds: float = Field(10.0, gt=0, le=300, description="Longest a GetTask long poll is held")
+    control_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How often the coordinator reads what an administrator asked for (pause, resume, stop, tokens)",
+    )
     exit_when_done: bool = Field(True, description="Exit once every round is done and workers were told")
     linger_seconds: float = Field(
         5.0, ge=0, description="After the last round, keep serving this long so workers hear DONE"

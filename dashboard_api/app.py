@@ -31,7 +31,7 @@ from coordinator.storage.models import (
     UpdateStatus,
     Worker,
 )
-from dashboard_api import metrics
+from dashboard_api import admin, metrics
 from dashboard_api.schemas import (
     AlignmentOut,
     BlockMatrix,
@@ -492,12 +492,19 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
-    """The dashboard API on the coordinator's database at `database_url`; it only ever reads.
+def create_app(
+    database_url: str,
+    online_seconds: float = 30.0,
+    read_token: str | None = None,
+    admin_key: str | None = None,
+) -> FastAPI:
+    """The dashboard API on the coordinator's database at `database_url`.
 
-    A worker counts as online when its last_seen is within `online_seconds` of now.
+    A worker counts as online when its last_seen is within `online_seconds` of now. Reads go through a
+    read-only engine and need `read_token` when one is set; writes (admin.py) need `admin_key`.
     """
     engine = make_engine(database_url)
+    write_engine = make_engine(database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -505,11 +512,14 @@ def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
             yield
         finally:
             engine.dispose()
+            write_engine.dispose()
 
     app = FastAPI(
         title="Strata dashboard API",
         version=__version__,
-        description="Read-only federation status and round metrics of a Strata coordinator.",
+        description="Federation status, round metrics, targeted blocks and layer-wise divergence of a Strata "
+        "coordinator; reads may need a read token, writes (federations, worker tokens, pause, resume, stop) the "
+        "admin key.",
         docs_url="/docs",
         openapi_url="/openapi.json",
         lifespan=lifespan,
@@ -518,9 +528,13 @@ def create_app(database_url: str, online_seconds: float = 30.0) -> FastAPI:
     app.state.read_engine = _read_only(engine)
     app.state.sessions = sessionmaker(app.state.read_engine, autoflush=False, expire_on_commit=False)
     app.state.online_seconds = float(online_seconds)
+    app.state.write_sessions = sessionmaker(write_engine, autoflush=False, expire_on_commit=False)
+    app.state.read_token = read_token or None
+    app.state.admin_key = admin_key or None
     app.add_exception_handler(DBAPIError, _database_error)
     app.include_router(router)
-    app.include_router(api)
+    app.include_router(api, dependencies=[Depends(admin.require_read)])
+    app.include_router(admin.admin)
     app.state.metrics = metrics.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -20,5 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def serve(s: DashboardSettings) -> int:
     from dashboard_api.server import serve as serve_api
 
-    serve_api(s.database_url, s.host, s.port, s.online_seconds, s.log_level)
+    serve_api(
+        s.database_url,
+        s.host,
+        s.port,
+        s.online_seconds,
+        s.log_level,
+        s.read_token.get_secret_value() if s.read_token else None,
+        s.admin_key.get_secret_value() if s.admin_key else None,
+    )
     return 0

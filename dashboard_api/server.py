@@ -10,20 +10,34 @@ from dashboard_api.app import create_app
 
 
 def build_server(
-    database_url: str, host: str, port: int, online_seconds: float, log_level: str = "info"
+    database_url: str,
+    host: str,
+    port: int,
+    online_seconds: float,
+    log_level: str = "info",
+    read_token: str | None = None,
+    admin_key: str | None = None,
 ) -> uvicorn.Server:
-    """A uvicorn server for the dashboard app; it does not migrate (the dashboard never writes)."""
-    app = create_app(database_url, online_seconds=online_seconds)
+    """A uvicorn server for the dashboard app; it does not migrate (the coordinator owns the schema)."""
+    app = create_app(database_url, online_seconds=online_seconds, read_token=read_token, admin_key=admin_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     return uvicorn.Server(config)
 
 
-def serve(database_url: str, host: str, port: int, online_seconds: float, log_level: str = "info") -> None:
+def serve(
+    database_url: str,
+    host: str,
+    port: int,
+    online_seconds: float,
+    log_level: str = "info",
+    read_token: str | None = None,
+    admin_key: str | None = None,
+) -> None:
     """Serve the dashboard API until interrupted.
 
     A missing schema does not stop it: /healthz answers 503 until the coordinator has migrated.
     """
-    build_server(database_url, host, port, online_seconds, log_level).run()
+    build_server(database_url, host, port, online_seconds, log_level, read_token, admin_key).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
+
+from strata.selection import Moments
 
 
 def fedavg_weights(num_samples: Sequence[int]) -> list[float]:
@@ -39,16 +40,6 @@ def weighted_mean(
 
 
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Moments:
-    """A tensor's mean update Δ̄ in summary: entries, Σ entries, ‖Δ̄‖², and E = Σ_k p_k ‖Δ_k‖²."""
-
-    n: int
-    s1: float
-    s2: float
-    energy: float = 0.0
 
 
 class FedAvgAccumulator:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import zstandard
 
-ENCODINGS = ("fp32", "bf16", "int8", "topk")
+from strata.names import ENCODINGS  # noqa: E402 - re-exported
+
 LOSSLESS = frozenset({"fp32"})
 BLOCK_ELEMENTS = 1 << 18  # 1 MB of fp32: a block in flight per upload stays small
 MAX_GROUP = 8192

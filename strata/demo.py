@@ -26,8 +26,8 @@ import httpx
 from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from strata import synthetic
-from strata.codec import ENCODINGS
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
+from strata.names import ENCODINGS
 from strata.selection import POLICIES
 from strata.split import dirichlet_split, holdout, label_histogram
 from strata.targeting import SCHEDULES, TargetingConfig

@@ -38,7 +38,8 @@ ASSET_SUFFIXES = (".json", ".txt", ".model")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: what a model can be fine-tuned for; the first is the default
-TASKS = ("sequence-classification", "causal-lm")
+from strata.names import TASKS  # noqa: E402 - re-exported
+
 #: how transformers names its causal LM classes (GPT2LMHeadModel, LlamaForCausalLM, ...)
 _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 #: the label of a token that is not predicted (padding), as transformers' losses expect

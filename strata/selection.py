@@ -12,12 +12,23 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only for hints: the settings import this module, and the CLI starts fast
+    import torch
 
-from strata.aggregate import Moments
 
 POLICIES = ("full", "random", "fedtlu", "agreement")
+
+
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """A tensor's mean update Δ̄ in summary: entries, Σ entries, ‖Δ̄‖², and E = Σ_k p_k ‖Δ_k‖²."""
+
+    n: int
+    s1: float
+    s2: float
+    energy: float = 0.0
 
 
 def fedtlu_tensor(m: Moments) -> float:

@@ -21,9 +21,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from strata.layers import BlockMap
 from strata.selection import POLICIES, BlockScore, select
+
+if TYPE_CHECKING:
+    from strata.layers import BlockMap
 
 SCHEDULES = ("pre-selected", "server-masked")
 

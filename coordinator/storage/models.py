@@ -42,6 +42,7 @@ class Base(DeclarativeBase):
 class FederationState(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -76,11 +77,27 @@ class Federation(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger, default=0)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # what an administrator asked for (running, paused, stopped); the coordinator follows it between rounds
+    desired_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     workers: Mapped[list[Worker]] = relationship(back_populates="federation", order_by="Worker.id")
     rounds: Mapped[list[Round]] = relationship(back_populates="federation", order_by="Round.number")
+
+
+class WorkerToken(Base):
+    """A worker token issued by an administrator (only its SHA-256 is kept); revoked tokens stop working."""
+
+    __tablename__ = "worker_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))  # the token's first characters, to recognise it
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Worker(Base):

@@ -23,6 +23,7 @@ from coordinator.storage.models import (
     UpdateAlignment,
     UpdateStatus,
     Worker,
+    WorkerToken,
     utcnow,
 )
 
@@ -63,6 +64,17 @@ class Store:
             fed = s.get(Federation, federation_id)
             assert fed is not None
             return fed
+
+    def control(self, federation_id: int) -> tuple[str | None, set[str]]:
+        """What an administrator asked for: the desired state and the hashes of the valid issued tokens."""
+        with self.sessions() as s:
+            desired = s.scalar(select(Federation.desired_state).where(Federation.id == federation_id))
+            hashes = s.scalars(
+                select(WorkerToken.token_hash).where(
+                    WorkerToken.federation_id == federation_id, WorkerToken.revoked_at.is_(None)
+                )
+            )
+            return desired, set(hashes)
 
     # workers
     def upsert_worker(self, federation_id: int, name: str, token: str, **fields: Any) -> Worker:

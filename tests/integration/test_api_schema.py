@@ -4,14 +4,28 @@ the schema, and nothing may answer 5xx."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from dashboard_api.app import create_app
 
+READ, ADMIN = "read-token-0123456789", "admin-key-0123456789"
 
-def test_every_operation_conforms_to_its_schema(federation_db: str) -> None:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(federation_db))
+
+@pytest.mark.parametrize("as_admin", [False, True], ids=["open-reads", "admin"])
+def test_every_operation_conforms_to_its_schema(federation_db: str, tmp_path: Path, as_admin: bool) -> None:
+    db = federation_db
+    headers = {}
+    if as_admin:  # writes on a copy of the database: the shared one stays as the federation left it
+        copy = tmp_path / "admin.db"
+        shutil.copy(federation_db.removeprefix("sqlite:///"), copy)
+        db, headers = f"sqlite:///{copy}", {"Authorization": f"Bearer {ADMIN}"}
+    app = create_app(db, read_token=READ if as_admin else None, admin_key=ADMIN if as_admin else None)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
     for op in operations:
@@ -25,8 +39,8 @@ def test_every_operation_conforms_to_its_schema(federation_db: str) -> None:
             if isinstance(query.get("last"), int) and query["last"] < query.get("first", 1):
                 # a range the schema cannot forbid (last before first): a precise 422
                 unknown = (case.path_parameters or {}).get("name") == "nope"
-                assert case.call().status_code == (404 if unknown else 422)
+                assert case.call(headers=headers).status_code == (404 if unknown else 422)
                 return
-            case.call_and_validate()
+            case.call_and_validate(headers=headers)
 
         check()

@@ -472,6 +472,11 @@ def test_openapi_and_docs(client: TestClient) -> None:
         f"{API}/federations/{{name}}/rounds/{{number}}/blocks",
         f"{API}/federations/{{name}}/rounds/{{number}}/divergence",
         f"{API}/federations/{{name}}/blocks",
+        f"{API}/federations/{{name}}/tokens",
+        f"{API}/federations/{{name}}/tokens/{{token_id}}",
+        f"{API}/federations/{{name}}/pause",
+        f"{API}/federations/{{name}}/resume",
+        f"{API}/federations/{{name}}/stop",
     }
     schemas = spec["components"]["schemas"]
     models = ("FederationStatus", "RoundDetail", "UpdateOut", "EvaluationOut", "WorkerOut", "Health")
