@@ -43,6 +43,7 @@ from dashboard_api.schemas import (
     FederationSummary,
     Health,
     Page,
+    RejectionOut,
     RoundDetail,
     RoundDivergenceOut,
     RoundOut,
@@ -66,6 +67,7 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 }
 
 M = TypeVar("M", bound=BaseModel)
+MAX_REJECTIONS = 20  # per worker, newest first
 MAX_INT = 2**31 - 1  # round numbers and offsets are 32-bit columns: beyond, a precise 422, not a 500
 RoundNumber = Annotated[int, Path(ge=1, le=MAX_INT, description="Round number.")]
 
@@ -423,7 +425,8 @@ def get_block_matrix(
 def list_workers(
     federation: FederationDep, session: SessionDep, online_since: OnlineSinceDep
 ) -> list[WorkerOut]:
-    """The federation's workers, in joining order, with their update counts and upload volume."""
+    """The federation's workers, in joining order, with their update counts, upload volume and their latest
+    refused updates (rejected or late) with the reasons."""
 
     def count(status: UpdateStatus) -> Any:
         return func.coalesce(func.sum(case((Update.status == status.value, 1), else_=0)), 0)
@@ -446,6 +449,16 @@ def list_workers(
         .where(Worker.federation_id == federation.id)
         .order_by(Worker.id)
     ).all()
+    refused: dict[int, list[RejectionOut]] = {}
+    for upd, number in session.execute(
+        select(Update, Round.number)
+        .join(Round, Update.round_id == Round.id)
+        .where(Round.federation_id == federation.id, Update.status != UpdateStatus.ACCEPTED.value)
+        .order_by(Update.id.desc())
+    ):
+        kept = refused.setdefault(upd.worker_id, [])
+        if len(kept) < MAX_REJECTIONS:
+            kept.append(_build(RejectionOut, upd, round=number))
     joined: Counter[str] = Counter()
     for participants in session.scalars(
         select(Round.participants).where(Round.federation_id == federation.id)
@@ -460,6 +473,7 @@ def list_workers(
             updates_accepted=int(accepted or 0),
             updates_rejected=int(rejected or 0),
             bytes_up=int(bytes_up or 0),
+            rejections=refused.get(worker.id, []),
         )
         for worker, accepted, rejected, bytes_up in rows
     ]

@@ -251,6 +251,13 @@ class RoundDetail(RoundOut):
     evaluations: list[EvaluationOut] = Field(description="Worker evaluations recorded for the round.")
 
 
+class RejectionOut(_Out):
+    round: int = Field(description="Round the update was for.")
+    status: str = Field(description="rejected or late.")
+    reject_reason: str | None = Field(description="Why the coordinator refused it.")
+    received_at: UtcDateTime = Field(description="When it was refused (UTC).")
+
+
 class WorkerOut(_Out):
     name: str = Field(description="Worker name, unique within the federation.")
     device: str = Field(description="Device the worker trains on, e.g. cpu or cuda:0.")
@@ -263,6 +270,9 @@ class WorkerOut(_Out):
     updates_accepted: int = Field(description="Updates of the worker that were accepted.")
     updates_rejected: int = Field(description="Updates of the worker that were rejected.")
     bytes_up: int = Field(description="Compressed bytes the worker uploaded, over all its updates.")
+    rejections: list[RejectionOut] = Field(
+        description="Its latest refused updates (at most 20, newest first), with the reasons."
+    )
 
 
 class Page(_Out, Generic[T]):

@@ -450,6 +450,13 @@ def test_workers(client: TestClient, seeded: Seed) -> None:
     assert [w["updates_accepted"] for w in (w1, w2, w3)] == [2, 2, 0]
     assert [w["updates_rejected"] for w in (w1, w2, w3)] == [0, 0, 1]
     assert [w["bytes_up"] for w in (w1, w2, w3)] == [2100, 2500, 900]
+    assert w1["rejections"] == [] and len(w3["rejections"]) == 1
+    (refused,) = w3["rejections"]
+    assert (refused["round"], refused["status"], refused["reject_reason"]) == (
+        1,
+        "rejected",
+        "stale base version 0 != 1",
+    )
     for name, w in workers.items():
         assert (ts(w["joined_at"]), ts(w["last_seen"])) == seeded.worker_times[name]
 
