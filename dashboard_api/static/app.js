@@ -194,7 +194,8 @@ async function render(name) {
     <td class="${w.online ? "dot-on" : "dot-off"}">${w.online ? "● online" : "○ offline"}</td>
     <td>${escapeHtml(w.device)}</td><td class="num">${w.num_samples}</td><td class="num">${w.rounds_joined}</td>
     <td class="num">${w.updates_accepted}</td><td class="num">${w.updates_rejected}</td>
-    <td class="num">${bytes(w.bytes_up)}</td><td>${new Date(w.last_seen).toLocaleString()}</td></tr>`).join("");
+    <td class="num">${bytes(w.bytes_up)}</td><td>${new Date(w.last_seen).toLocaleString()}</td>
+    <td>${w.rejections.length ? `round ${w.rejections[0].round}: ${escapeHtml(w.rejections[0].reject_reason || w.rejections[0].status)}` : ""}</td></tr>`).join("");
   const live = ["running", "created"].includes(status.state);
   document.getElementById("live").textContent = live ? `live: refreshing every ${REFRESH_MS / 1000}s` : `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.state = status.state;
