@@ -343,7 +343,7 @@ class Demo:
         api = f"http://127.0.0.1:{api_port}"
         try:
             port = self._wait_for_port(port_file, coord)
-            print(f"coordinator on 127.0.0.1:{port}, dashboard API on {api} (OpenAPI at {api}/docs)")
+            print(f"coordinator on 127.0.0.1:{port}, dashboard on {api}/ (API docs at {api}/docs)")
             threads = str(max(1, (os.cpu_count() or 2) // max(1, a.workers)))
             for k, (d, token) in enumerate(zip(worker_dirs, tokens, strict=True)):
                 self.spawn(
