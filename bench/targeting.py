@@ -17,10 +17,12 @@ Writes bench/results/targeting-<dataset>.md (tables) and .png (accuracy per roun
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -166,15 +168,21 @@ def report(runs: list[Run], args: argparse.Namespace, hist: str, minutes: float)
         "Examples per worker and label: " + hist,
         "",
         "| policy | final acc | best acc | mean acc, last 3 | upstream MB | vs full | worker train CPU-s | vs full "
-        "| worker train s (wall) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| median CPU-s per targeted round | vs full | worker train s (wall) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fb, fc = sum(full.bytes_up), sum(full.train_cpu)
+    fm = statistics.median(full.train_cpu[1:])
     for r in runs:
         b, c = sum(r.bytes_up), sum(r.train_cpu)
+        targeted = [
+            x for x, a in zip(r.train_cpu, r.applied, strict=True) if len(a) < args.total_blocks
+        ] or r.train_cpu
+        m = statistics.median(targeted)
         lines.append(
             f"| {r.policy} | {r.accuracy[-1]:.4f} | {max(r.accuracy):.4f} | {sum(r.accuracy[-3:]) / 3:.4f} | "
-            f"{b / 1e6:.0f} | {b / fb:.2f}× | {c:.0f} | {c / fc:.2f}× | {sum(r.train_seconds):.0f} |"
+            f"{b / 1e6:.0f} | {b / fb:.2f}× | {c:.0f} | {c / fc:.2f}× | {m:.0f} | {m / fm:.2f}× | "
+            f"{sum(r.train_seconds):.0f} |"
         )
     lines += ["", verdict(runs), "", "Test accuracy per round:", ""]
     lines.append("| round | " + " | ".join(r.policy for r in runs) + " |")
@@ -279,6 +287,7 @@ def main() -> None:
     )
     probe_model, _ = load_model(base, labels)
     args.num_blocks = sum(1 for b in block_map(probe_model).blocks if not b.is_head)
+    args.total_blocks = len(block_map(probe_model).blocks)
     del probe_model
     policies = [p for p in args.policies.split(",") if p]
     if "full" not in policies:
@@ -291,6 +300,10 @@ def main() -> None:
             runs.append(run_policy(p, args, base, labels, shards, test, bar))
     minutes = (time.monotonic() - started) / 60
     name = args.name
+    raw = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"args": raw, "runs": [asdict(r) for r in runs]}, indent=1)
+    )
     plot(
         runs, RESULTS / f"{name}.png", f"{args.dataset}: 8 workers, Dirichlet α={args.alpha}, k={args.blocks}"
     )
