@@ -70,7 +70,20 @@ class CoordinatorServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        s = self.settings
+        if s.tls_cert is not None and s.tls_key is not None:
+            client_ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            self.port = self.server.add_secure_port(s.listen, creds)
+            log.info(
+                "gRPC over TLS%s", " with client certificates required (mutual TLS)" if client_ca else ""
+            )
+        else:
+            self.port = self.server.add_insecure_port(s.listen)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.listen}")
         await self.server.start()

@@ -35,6 +35,12 @@ class CoordinatorSettings(StrataSettings):
     listen: str = Field(
         "127.0.0.1:50051", description="gRPC listen address host:port (port 0 picks a free port)"
     )
+    tls_cert: Path | None = Field(None, description="Server certificate (PEM): serve gRPC over TLS")
+    tls_key: Path | None = Field(None, description="The server certificate's private key (PEM)")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="CA (PEM) that worker client certificates must chain to: mutual TLS, required of every worker",
+    )
     metrics_listen: str = Field(
         "", description="host:port to serve Prometheus metrics on at /metrics (empty: off; port 0 picks one)"
     )
@@ -208,6 +214,16 @@ class CoordinatorSettings(StrataSettings):
                 f"min_updates ({self.min_updates}) cannot exceed workers_per_round ({self.workers_per_round}); "
                 "see --min-updates / STRATA_COORDINATOR_MIN_UPDATES"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "tls_cert and tls_key: give both to serve TLS, or neither (see --tls-cert, --tls-key)"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
         try:
             self.targeting().check()
         except ValueError as exc:

@@ -132,7 +132,13 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) ->
     raise TimeoutError("condition not met in time")
 
 
-def make_workers(address: str, data_dirs: list[Path], tmp_path: Path, on_update: Any = None) -> list[Any]:
+def make_workers(
+    address: str,
+    data_dirs: list[Path],
+    tmp_path: Path,
+    on_update: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> list[Any]:
     """One in-process Worker per data folder, named org-1, org-2, ... with the test tokens."""
     from worker.runner import Worker
     from worker.settings import WorkerSettings
@@ -152,6 +158,7 @@ def make_workers(address: str, data_dirs: list[Path], tmp_path: Path, on_update:
                 poll_seconds=2,
                 connect_timeout=30,
             )
+            | (extra or {})
         )
         callback = (lambda task, result, name=name: on_update(name, task, result)) if on_update else None
         workers.append(Worker(s, on_update=callback))

@@ -40,13 +40,27 @@ def backoff_delays(base: float = 0.25, cap: float = 10.0, seed: int | None = Non
 
 class CoordinatorClient:
     def __init__(
-        self, address: str, token: str, connect_timeout: float = 120.0, max_backoff: float = 10.0
+        self,
+        address: str,
+        token: str,
+        connect_timeout: float = 120.0,
+        max_backoff: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ) -> None:
+        """`credentials` makes the channel TLS (mutual TLS when they carry a client certificate);
+        `server_name` checks the coordinator's certificate against that name instead of the address's host."""
         self.address = address
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS]
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self.channel = grpc.secure_channel(address, credentials, options=options)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
     def close(self) -> None:

@@ -155,6 +155,8 @@ class Worker:
             settings.token.get_secret_value(),
             settings.connect_timeout,
             settings.max_backoff,
+            credentials=settings.channel_credentials(),
+            server_name=settings.tls_server_name,
         )
         self.on_update = on_update
         self.model: PreTrainedModel | None = None

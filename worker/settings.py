@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import grpc
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from strata.settings import StrataSettings
@@ -42,4 +43,38 @@ class WorkerSettings(StrataSettings):
     max_backoff: float = Field(10.0, gt=0, description="Longest wait between reconnection attempts, seconds")
     poll_seconds: int = Field(10, ge=1, le=300, description="Long-poll duration when asking for a task")
     progress: bool = Field(True, description="Show a progress bar while training")
+    tls: bool = Field(
+        False, description="Connect with TLS, checking the coordinator against the system's CAs"
+    )
+    tls_ca: Path | None = Field(
+        None, description="CA certificate (PEM) to check the coordinator's certificate with (implies TLS)"
+    )
+    tls_cert: Path | None = Field(None, description="This worker's client certificate (PEM), for mutual TLS")
+    tls_key: Path | None = Field(
+        None, description="The client certificate's private key (PEM), for mutual TLS"
+    )
+    tls_server_name: str | None = Field(
+        None, description="Name to check the coordinator's certificate against (default: the address's host)"
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> WorkerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both (mutual TLS) or neither")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        return self
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials for the coordinator channel, or None for plaintext."""
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+            private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+        )
+
     eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation")
