@@ -3,12 +3,14 @@ errors to gRPC status codes in one place."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from coordinator.ratelimit import RateLimiter
 from strata.errors import StrataError
 
 log = logging.getLogger("strata.coordinator")
@@ -50,8 +52,9 @@ def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid `authorization: Bearer <token>`; wraps handlers' error mapping."""
 
-    def __init__(self, is_valid: Callable[[str], bool]) -> None:
+    def __init__(self, is_valid: Callable[[str], bool], limiter: RateLimiter | None = None) -> None:
         self.is_valid = is_valid
+        self.limiter = limiter
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         if details.method.startswith(OPEN_PREFIXES):
@@ -61,6 +64,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             msg = "missing worker token" if token is None else "unknown worker token"
             log.warning("refused %s: %s", details.method, msg)
             return _deny(msg)
+        if self.limiter is not None and not self.limiter.allow(hashlib.sha256(token.encode()).hexdigest()):
+            log.warning("refused %s: request rate limit of this worker token", details.method)
+            return _deny(
+                f"rate limit: more than {self.limiter.rate:g} requests/s (bursts of {self.limiter.burst:g}) "
+                "with this worker token; retry later",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
         handler = await continuation(details)
         if handler is None:
             return None
@@ -79,9 +89,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
+def _deny(message: str, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> grpc.RpcMethodHandler:
     async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     # the same handler shape serves every method kind: the call is refused before any message is read
     return grpc.unary_unary_rpc_method_handler(abort)

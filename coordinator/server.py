@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import AuthInterceptor
 from coordinator.federation import FederationRunner
+from coordinator.ratelimit import RateLimiter
 from coordinator.service import CoordinatorService
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.db import migrate
@@ -61,16 +62,17 @@ class CoordinatorServer:
 
     async def start(self) -> int:
         # grpc.aio objects belong to the running event loop: build them here, not in __init__
+        s = self.settings
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.runner.authorise)], options=CHANNEL_OPTIONS
+            interceptors=[AuthInterceptor(self.runner.authorise, RateLimiter(s.rate_limit, s.rate_burst))],
+            options=CHANNEL_OPTIONS,
         )
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self.runner), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        s = self.settings
         if s.tls_cert is not None and s.tls_key is not None:
             client_ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
             creds = grpc.ssl_server_credentials(

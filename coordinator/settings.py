@@ -41,6 +41,12 @@ class CoordinatorSettings(StrataSettings):
         None,
         description="CA (PEM) that worker client certificates must chain to: mutual TLS, required of every worker",
     )
+    rate_limit: float = Field(
+        20.0, ge=0, description="Requests per second each worker token may make on average (0: no limit)"
+    )
+    rate_burst: int = Field(
+        60, ge=1, description="Requests a worker token may make at once before the rate applies"
+    )
     metrics_listen: str = Field(
         "", description="host:port to serve Prometheus metrics on at /metrics (empty: off; port 0 picks one)"
     )

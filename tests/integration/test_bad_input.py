@@ -243,3 +243,31 @@ def test_a_round_below_its_quorum_fails_visibly(tmp_path: Path, tiny_model: Path
         store.close()
     finally:
         coord.stop()
+
+
+def test_a_worker_token_over_its_rate_limit_gets_resource_exhausted(tmp_path: Path, tiny_model: Path) -> None:
+    settings = coordinator_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'rate.db'}", tiny_model, rate_limit=1.0, rate_burst=3
+    )
+    coord = ServedCoordinator(settings)
+    try:
+        with grpc.insecure_channel(coord.address) as ch:
+            stub = pb_grpc.CoordinatorStub(ch)
+            codes = []
+            for _ in range(6):
+                try:
+                    stub.Join(
+                        pb.JoinRequest(name="org-a", num_samples=5), metadata=auth(TOKENS[0]), timeout=10
+                    )
+                    codes.append("OK")
+                except grpc.RpcError as err:
+                    codes.append(err.code().name)
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert "rate limit" in (err.details() or "")
+            assert codes[:3] == ["OK"] * 3 and "RESOURCE_EXHAUSTED" in codes[3:]
+            # another organisation's token is not affected
+            stub.Join(pb.JoinRequest(name="org-b", num_samples=5), metadata=auth(TOKENS[1]), timeout=10)
+            time.sleep(1.1)  # the bucket refills
+            stub.Join(pb.JoinRequest(name="org-a", num_samples=5), metadata=auth(TOKENS[0]), timeout=10)
+    finally:
+        coord.stop()
