@@ -26,6 +26,12 @@ class Spooled:
     path: Path
     num_samples: int
     update_id: int = 0
+    name: str = ""  # the worker's name
+    norm: float = 0.0  # ‖Δ_k‖ over the whole update
+    tensors: frozenset[str] = frozenset()
+    sq: dict[str, float] = field(default_factory=dict)  # ‖Δ_k‖² per tensor
+    train_loss: float = 0.0
+    train_accuracy: float = 0.0
 
 
 @dataclass

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 
 from coordinator import checkpoint, spool
 from coordinator.divergence import RoundDivergence, Spooled, measure
-from coordinator.ingest import RoundSums, Upload, evict, receive
+from coordinator.ingest import RoundSums, Upload, evict, receive, remove, undo
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
@@ -471,6 +472,11 @@ class FederationRunner:
         try:
             writer.write(first)
             got = await receive(chunks, r.sums, upload)
+            if self.s.max_update_norm and got.norm > self.s.max_update_norm:
+                undo(upload, r.sums)  # complete, but over the bound: out of the sums again
+                raise InvalidInput(
+                    f"update norm {got.norm:.4g} exceeds the federation's bound {self.s.max_update_norm:g}"
+                )
         except BaseException as exc:
             writer.abort()
             late = upload.evicted or isinstance(exc, FailedPrecondition)
@@ -504,7 +510,17 @@ class FederationRunner:
         path = writer.commit()
         r.sums.commit(got.names, h.num_samples, got.sq)
         r.accepted[sess.uid] = h.num_samples
-        spooled = Spooled(sess.uid, path, h.num_samples)
+        spooled = Spooled(
+            sess.uid,
+            path,
+            h.num_samples,
+            name=sess.name,
+            norm=got.norm,
+            tensors=frozenset(got.names),
+            sq=got.sq,
+            train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy,
+        )
         r.bytes_up += got.payload_bytes
         r.raw_bytes_up += got.raw_bytes
         r.loss_sum += h.train_loss * h.num_samples
@@ -704,6 +720,7 @@ class FederationRunner:
         for upload in list(r.uploads.values()):  # uploads still in flight are late: take them out of the sums
             evict(upload, r.sums)
         await self._notify()
+        await asyncio.to_thread(self._screen_norms, r)
         quorum = min(self.s.min_updates, len(participants))
         common: dict[str, Any] = dict(
             num_updates=len(r.accepted),
@@ -781,6 +798,28 @@ class FederationRunner:
             targeted,
         )
         return True
+
+    def _screen_norms(self, r: OpenRound) -> None:
+        """Refuse, after the fact, accepted updates whose norm exceeds max_norm_ratio × the round's median
+        (3 or more updates): their blocks are subtracted again from their spool files and they are
+        recorded as rejected with the reason."""
+        ratio = self.s.max_norm_ratio
+        if not ratio or len(r.spooled) < 3:
+            return
+        median = statistics.median(u.norm for u in r.spooled.values())
+        for uid, u in list(r.spooled.items()):
+            if median <= 0 or u.norm <= ratio * median:
+                continue
+            remove(u.path, r.sums, u.num_samples)
+            r.sums.retract(u.tensors, u.num_samples, u.sq)
+            del r.spooled[uid]
+            del r.accepted[uid]
+            r.loss_sum -= u.train_loss * u.num_samples
+            r.acc_sum -= u.train_accuracy * u.num_samples
+            reason = f"update norm {u.norm:.4g} exceeds {ratio:g} x the round's median {median:.4g}"
+            self.store.set_update_status(u.update_id, UpdateStatus.REJECTED, reason)
+            self.metrics.updates.labels(self.s.federation, UpdateStatus.REJECTED.value, "NORM_BOUND").inc()
+            log.warning("update from %s for round %d rejected: %s", u.name, r.number, reason)
 
     def _describe(self, plan: RoundPlan) -> str:
         if not self.targeting.active:

@@ -129,6 +129,22 @@ async def _consume(
     raise InvalidInput("the stream ended before the end marker")
 
 
+def remove(path: Path, sums: RoundSums, num_samples: int) -> None:
+    """Subtract every block of a complete spooled update (one refused after it was accepted)."""
+
+    def subtract(name: str, start: int, values: torch.Tensor) -> None:
+        sums.add(name, start, values, -float(num_samples))
+
+    asm = FrameAssembler(sums.expected, on_block=subtract)
+    for chunk in spool.read(path):
+        part = chunk.WhichOneof("part")
+        if part == "tensor":
+            asm.tensor(chunk.tensor)
+        elif part == "data":
+            asm.data(chunk.data)
+    asm.finish()
+
+
 def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None:
     """Subtract the first `blocks` blocks of a partly received update, replayed from its spool file."""
     if blocks == 0:

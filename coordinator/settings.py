@@ -41,6 +41,15 @@ class CoordinatorSettings(StrataSettings):
         None,
         description="CA (PEM) that worker client certificates must chain to: mutual TLS, required of every worker",
     )
+    max_update_norm: float = Field(
+        0.0, ge=0, description="Refuse an update whose L2 norm exceeds this (0: no absolute bound)"
+    )
+    max_norm_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="Refuse updates whose norm exceeds this multiple of the round's median update norm, with 3 or "
+        "more updates (0: off; e.g. 3)",
+    )
     rate_limit: float = Field(
         20.0, ge=0, description="Requests per second each worker token may make on average (0: no limit)"
     )

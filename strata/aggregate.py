@@ -77,6 +77,21 @@ class FedAvgAccumulator:
         self.total_samples += num_samples
         self.num_updates += 1
 
+    def retract(self, names: Iterable[str], num_samples: int, sq: Mapping[str, float] | None = None) -> None:
+        """Undo `commit` of an update whose blocks were already subtracted from the sums again."""
+        for name in names:
+            left = self.counts.get(name, 0) - num_samples
+            if left <= 0:
+                self.counts.pop(name, None)
+                self.sums.pop(name, None)
+                self.energy.pop(name, None)
+            else:
+                self.counts[name] = left
+                if sq is not None and name in self.energy:
+                    self.energy[name] -= num_samples * sq.get(name, 0.0)
+        self.total_samples -= num_samples
+        self.num_updates -= 1
+
     def accept(self, delta: Mapping[str, torch.Tensor], num_samples: int) -> None:
         if num_samples <= 0:
             raise ValueError("an update must carry at least one sample")

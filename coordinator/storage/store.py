@@ -240,6 +240,12 @@ class Store:
             s.flush()
             return u.id
 
+    def set_update_status(self, update_id: int, status: UpdateStatus, reason: str | None = None) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Update).where(Update.id == update_id).values(status=status.value, reject_reason=reason)
+            )
+
     def updates(self, round_id: int) -> list[Update]:
         with self.sessions() as s:
             return list(s.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)))
