@@ -23,6 +23,7 @@ from coordinator import checkpoint, spool
 from coordinator.divergence import RoundDivergence, Spooled, measure
 from coordinator.ingest import RoundSums, Upload, evict, receive, remove, undo
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.robust import robust_mean
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
 from coordinator.storage.store import Store, hash_token
@@ -267,6 +268,10 @@ class FederationRunner:
             "down_encoding",
             "history",
             "divergence",
+            "aggregation",
+            "trim_fraction",
+            "max_update_norm",
+            "max_norm_ratio",
             "policy",
             "blocks",
             "block_budget",
@@ -821,6 +826,22 @@ class FederationRunner:
             self.metrics.updates.labels(self.s.federation, UpdateStatus.REJECTED.value, "NORM_BOUND").inc()
             log.warning("update from %s for round %d rejected: %s", u.name, r.number, reason)
 
+    def _robust(self, r: OpenRound, keep: set[str]) -> None:
+        """Replace the FedAvg mean by the coordinate-wise median or trimmed mean of the updates, window by
+        window from the spool (the sums hold mean × count, which `means()` divides again)."""
+        paths = [u.path for u in r.spooled.values()]
+        try:
+            for name, start, values in robust_mean(
+                paths, r.sums.expected, self.s.aggregation, self.s.trim_fraction
+            ):
+                if name in keep:
+                    buf = r.sums.sums[name]
+                    buf[start : start + values.numel()] = values.to(buf.dtype) * r.sums.counts[name]
+        except ValueError as exc:  # updates that cannot be aligned: the plain mean stands
+            log.warning(
+                "round %d: %s aggregation skipped (%s); applying the mean", r.number, self.s.aggregation, exc
+            )
+
     def _describe(self, plan: RoundPlan) -> str:
         if not self.targeting.active:
             return "every block (policy full)"
@@ -850,6 +871,8 @@ class FederationRunner:
         applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
         keep = self.bmap.tensors_of(applied)
         r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
+        if self.s.aggregation != "mean" and r.spooled:
+            self._robust(r, keep)
         lossy = self.down_codec.lossy
         residual: dict[str, torch.Tensor] = {}
         sq = 0.0

@@ -41,6 +41,15 @@ class CoordinatorSettings(StrataSettings):
         None,
         description="CA (PEM) that worker client certificates must chain to: mutual TLS, required of every worker",
     )
+    aggregation: str = Field(
+        "mean",
+        pattern="^(mean|median|trimmed-mean)$",
+        description="mean (sample-weighted FedAvg), median or trimmed-mean (coordinate-wise, unweighted, computed "
+        "window by window from the spooled updates: robust to a minority of poisoned updates)",
+    )
+    trim_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="trimmed-mean: share of updates dropped at each end, per coordinate"
+    )
     max_update_norm: float = Field(
         0.0, ge=0, description="Refuse an update whose L2 norm exceeds this (0: no absolute bound)"
     )

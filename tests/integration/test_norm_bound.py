@@ -83,3 +83,43 @@ def test_an_outlier_against_the_rounds_median_is_taken_back_out(tmp_path: Path, 
             torch.testing.assert_close(v1[n], v0[n] + 0.015, atol=2e-6, rtol=0)
     finally:
         coord.stop()
+
+
+@pytest.mark.parametrize(("aggregation", "trim"), [("median", 0.1), ("trimmed-mean", 0.34)])
+def test_robust_aggregation_ignores_a_sign_flipped_scaled_update(
+    tmp_path: Path, tiny_model: Path, aggregation: str, trim: float
+) -> None:
+    db = f"sqlite:///{tmp_path / 'robust.db'}"
+    settings = coordinator_settings(
+        tmp_path,
+        db,
+        tiny_model,
+        rounds=1,
+        min_workers=3,
+        min_updates=3,
+        aggregation=aggregation,
+        trim_fraction=trim,
+    )
+    coord = ServedCoordinator(settings)
+    try:
+        clients = [Client(coord.address, TOKENS[k], f"org-{k}") for k in range(3)]
+
+        def go(c: Client, v: float) -> None:
+            task = task_from_proto(c.task())
+            assert c.push(update_chunks(c.id, task, result(filled(tiny_model, v)))).accepted
+
+        threads = [
+            threading.Thread(target=go, args=(c, v)) for c, v in zip(clients, [0.01, 0.02, -5.0], strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        coord.wait(60)
+        v0, v1 = (checkpoint.load(settings.data_dir / "checkpoints" / "test", v) for v in (0, 1))
+        for (
+            n
+        ) in v0:  # per coordinate: median of (-5, 0.01, 0.02) = 0.01; trimming one at each end leaves 0.01
+            torch.testing.assert_close(v1[n], v0[n] + 0.01, atol=2e-6, rtol=0)
+    finally:
+        coord.stop()
