@@ -138,6 +138,7 @@ def make_workers(
     tmp_path: Path,
     on_update: Any = None,
     extra: dict[str, Any] | None = None,
+    tokens: list[str] | None = None,
 ) -> list[Any]:
     """One in-process Worker per data folder, named org-1, org-2, ... with the test tokens."""
     from worker.runner import Worker
@@ -149,7 +150,7 @@ def make_workers(
         s = WorkerSettings.load(
             dict(
                 coordinator=address,
-                token=TOKENS[k],
+                token=(tokens or TOKENS)[k],
                 name=name,
                 data=d,
                 cache_dir=tmp_path / name,
