@@ -17,6 +17,8 @@ log = logging.getLogger("strata.worker")
 T = TypeVar("T")
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
+    # a coordinator shutting down (or restarting) cancels the calls in flight: try again like UNAVAILABLE
+    grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
