@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator import spool
-from coordinator.ingest import RoundSums
+from coordinator.ingest import RoundSums, replay
 from strata.aggregate import Moments
 from strata.divergence import Divergence, by_block, divergence, noise_floor, sum_by_block, worker_alignment
 from strata.frames import FrameAssembler
@@ -60,13 +59,7 @@ def second_pass(path: Path, sums: RoundSums) -> tuple[dict[str, float], dict[str
         dots[name] = dots.get(name, 0.0) + dot
 
     asm = FrameAssembler(sums.expected, on_block=on_block)
-    for chunk in spool.read(path):
-        part = chunk.WhichOneof("part")
-        if part == "tensor":
-            asm.tensor(chunk.tensor)
-        elif part == "data":
-            asm.data(chunk.data)
-    asm.finish()
+    replay(path, asm)
     return dots, dict(asm.tensor_sq)
 
 

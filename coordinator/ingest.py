@@ -135,7 +135,11 @@ def remove(path: Path, sums: RoundSums, num_samples: int) -> None:
     def subtract(name: str, start: int, values: torch.Tensor) -> None:
         sums.add(name, start, values, -float(num_samples))
 
-    asm = FrameAssembler(sums.expected, on_block=subtract)
+    replay(path, FrameAssembler(sums.expected, on_block=subtract))
+
+
+def replay(path: Path, asm: FrameAssembler) -> None:
+    """Feed every frame of a complete spooled update to `asm` (its on_block sees each block again)."""
     for chunk in spool.read(path):
         part = chunk.WhichOneof("part")
         if part == "tensor":
