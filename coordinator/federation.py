@@ -88,15 +88,12 @@ class OpenRound:
     deadline_unix: float
     plan: RoundPlan
     sums: RoundSums = field(default_factory=lambda: RoundSums({}))
-    accepted: dict[str, int] = field(default_factory=dict)  # uid -> samples
     uploads: dict[str, Upload] = field(default_factory=dict)  # uid -> upload in flight
-    spooled: dict[str, Spooled] = field(default_factory=dict)  # uid -> its accepted update on disk
+    accepted: dict[str, Spooled] = field(default_factory=dict)  # uid -> its accepted update, spooled on disk
     bytes_up: int = 0
     raw_bytes_up: int = 0
     bytes_down: int = 0
     raw_bytes_down: int = 0
-    loss_sum: float = 0.0
-    acc_sum: float = 0.0
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -514,8 +511,7 @@ class FederationRunner:
             r.uploads.pop(sess.uid, None)
         path = writer.commit()
         r.sums.commit(got.names, h.num_samples, got.sq)
-        r.accepted[sess.uid] = h.num_samples
-        spooled = Spooled(
+        spooled = r.accepted[sess.uid] = Spooled(
             sess.uid,
             path,
             h.num_samples,
@@ -528,8 +524,6 @@ class FederationRunner:
         )
         r.bytes_up += got.payload_bytes
         r.raw_bytes_up += got.raw_bytes
-        r.loss_sum += h.train_loss * h.num_samples
-        r.acc_sum += h.train_accuracy * h.num_samples
         spooled.update_id = self.store.record_update(
             r.db_id,
             sess.db_id,
@@ -546,7 +540,6 @@ class FederationRunner:
             train_seconds=h.train_seconds,
             upload_seconds=time.monotonic() - started,
         )
-        r.spooled[sess.uid] = spooled
         self.metrics.updates.labels(self.s.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
         self.metrics.bytes_in.labels(self.s.federation).inc(got.payload_bytes)
         if set(r.accepted) >= set(r.participants):
@@ -772,8 +765,8 @@ class FederationRunner:
             noise_floor=agg.noise_floor,
             result_version=new_version,
             result_hash=new_hash,
-            train_loss=r.loss_sum / n,
-            train_accuracy=r.acc_sum / n,
+            train_loss=sum(u.train_loss * u.num_samples for u in r.accepted.values()) / n,
+            train_accuracy=sum(u.train_accuracy * u.num_samples for u in r.accepted.values()) / n,
             test_loss=test_loss,
             test_accuracy=test_acc,
             update_norm=agg.norm,
@@ -809,18 +802,15 @@ class FederationRunner:
         (3 or more updates): their blocks are subtracted again from their spool files and they are
         recorded as rejected with the reason."""
         ratio = self.s.max_norm_ratio
-        if not ratio or len(r.spooled) < 3:
+        if not ratio or len(r.accepted) < 3:
             return
-        median = statistics.median(u.norm for u in r.spooled.values())
-        for uid, u in list(r.spooled.items()):
+        median = statistics.median(u.norm for u in r.accepted.values())
+        for uid, u in list(r.accepted.items()):
             if median <= 0 or u.norm <= ratio * median:
                 continue
             remove(u.path, r.sums, u.num_samples)
             r.sums.retract(u.tensors, u.num_samples, u.sq)
-            del r.spooled[uid]
             del r.accepted[uid]
-            r.loss_sum -= u.train_loss * u.num_samples
-            r.acc_sum -= u.train_accuracy * u.num_samples
             reason = f"update norm {u.norm:.4g} exceeds {ratio:g} x the round's median {median:.4g}"
             self.store.set_update_status(u.update_id, UpdateStatus.REJECTED, reason)
             self.metrics.updates.labels(self.s.federation, UpdateStatus.REJECTED.value, "NORM_BOUND").inc()
@@ -829,7 +819,7 @@ class FederationRunner:
     def _robust(self, r: OpenRound, keep: set[str]) -> None:
         """Replace the FedAvg mean by the coordinate-wise median or trimmed mean of the updates, window by
         window from the spool (the sums hold mean × count, which `means()` divides again)."""
-        paths = [u.path for u in r.spooled.values()]
+        paths = [u.path for u in r.accepted.values()]
         try:
             for name, start, values in robust_mean(
                 paths, r.sums.expected, self.s.aggregation, self.s.trim_fraction
@@ -864,14 +854,14 @@ class FederationRunner:
         }
         scores = block_scores(moments, weight_sq, self.bmap.block_of)
         div = (
-            measure(r.sums, moments, list(r.spooled.values()), self.bmap.block_of)
+            measure(r.sums, moments, list(r.accepted.values()), self.bmap.block_of)
             if self.s.divergence
             else None
         )
         applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
         keep = self.bmap.tensors_of(applied)
         r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
-        if self.s.aggregation != "mean" and r.spooled:
+        if self.s.aggregation != "mean" and r.accepted:
             self._robust(r, keep)
         lossy = self.down_codec.lossy
         residual: dict[str, torch.Tensor] = {}
@@ -937,7 +927,7 @@ class FederationRunner:
         ]
         alignments = []
         for uid, wa in div.workers.items():
-            update_id = r.spooled[uid].update_id
+            update_id = r.accepted[uid].update_id
             for scope, values in (("block", wa.blocks), ("tensor", wa.tensors)):
                 for name, (norm, cos) in values.items():
                     alignments.append(

@@ -7,7 +7,7 @@ memory never holds more than the sums and one block per upload in flight.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,15 +138,23 @@ def remove(path: Path, sums: RoundSums, num_samples: int) -> None:
     replay(path, FrameAssembler(sums.expected, on_block=subtract))
 
 
-def replay(path: Path, asm: FrameAssembler) -> None:
-    """Feed every frame of a complete spooled update to `asm` (its on_block sees each block again)."""
+def feed(path: Path, asm: FrameAssembler) -> Iterator[None]:
+    """Feed the frames of a complete spooled update to `asm` (its on_block sees each block again), pausing
+    after each chunk so a caller can take the blocks as they come."""
     for chunk in spool.read(path):
         part = chunk.WhichOneof("part")
         if part == "tensor":
             asm.tensor(chunk.tensor)
         elif part == "data":
             asm.data(chunk.data)
+        yield
     asm.finish()
+
+
+def replay(path: Path, asm: FrameAssembler) -> None:
+    """Feed every frame of a complete spooled update to `asm` at once."""
+    for _ in feed(path, asm):
+        pass
 
 
 def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator import spool
+from coordinator.ingest import feed
 from strata.frames import Expected, FrameAssembler
 
 WINDOW = 1 << 18
@@ -44,15 +44,9 @@ def _blocks(path: Path, expected: dict[str, Expected]) -> Iterator[tuple[str, to
     """(tensor name, decoded values) of each block of a spooled update, in order."""
     ready: deque[tuple[str, torch.Tensor]] = deque()
     asm = FrameAssembler(expected, on_block=lambda name, _start, values: ready.append((name, values.clone())))
-    for chunk in spool.read(path):
-        part = chunk.WhichOneof("part")
-        if part == "tensor":
-            asm.tensor(chunk.tensor)
-        elif part == "data":
-            asm.data(chunk.data)
+    for _ in feed(path, asm):
         while ready:
             yield ready.popleft()
-    asm.finish()
 
 
 def _windows(path: Path, expected: dict[str, Expected]) -> Iterator[tuple[str, int, torch.Tensor]]:

@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def serve(s: DashboardSettings) -> int:
-    from dashboard_api.server import serve as serve_api
+    from dashboard_api.server import build_server
 
-    serve_api(
+    build_server(
         s.database_url,
         s.host,
         s.port,
@@ -28,5 +28,5 @@ def serve(s: DashboardSettings) -> int:
         s.log_level,
         s.read_token.get_secret_value() if s.read_token else None,
         s.admin_key.get_secret_value() if s.admin_key else None,
-    )
+    ).run()
     return 0

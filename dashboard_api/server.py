@@ -18,26 +18,11 @@ def build_server(
     read_token: str | None = None,
     admin_key: str | None = None,
 ) -> uvicorn.Server:
-    """A uvicorn server for the dashboard app; it does not migrate (the coordinator owns the schema)."""
+    """A uvicorn server for the dashboard app (`.run()` serves until interrupted). It does not migrate (the
+    coordinator owns the schema): a missing schema makes /healthz answer 503 until the coordinator has run."""
     app = create_app(database_url, online_seconds=online_seconds, read_token=read_token, admin_key=admin_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     return uvicorn.Server(config)
-
-
-def serve(
-    database_url: str,
-    host: str,
-    port: int,
-    online_seconds: float,
-    log_level: str = "info",
-    read_token: str | None = None,
-    admin_key: str | None = None,
-) -> None:
-    """Serve the dashboard API until interrupted.
-
-    A missing schema does not stop it: /healthz answers 503 until the coordinator has migrated.
-    """
-    build_server(database_url, host, port, online_seconds, log_level, read_token, admin_key).run()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--online-seconds", type=float, default=30.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    serve(args.database_url, args.host, args.port, args.online_seconds, args.log_level)
+    build_server(args.database_url, args.host, args.port, args.online_seconds, args.log_level).run()
 
 
 if __name__ == "__main__":

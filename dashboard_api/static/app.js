@@ -137,7 +137,7 @@ function heatmap(svg, m) {
       rect.appendChild(el("title", {}, `${b}, round ${r}: D = ${v === null ? "n/a" : v.toPrecision(3)}${m.applied[i][j] ? ", applied" : ""}`));
       svg.appendChild(rect);
       cells += 1;
-      if (m.applied[i][j] && m.trained[i][j] !== undefined) {
+      if (m.applied[i][j]) {
         svg.appendChild(el("circle", { cx: L + j * cell + cell / 2, cy: y + 10, r: 2.5, fill: "#1d2330", class: "applied" }));
       }
     });
