@@ -15,7 +15,10 @@ def path_of(directory: Path, version: int) -> Path:
 
 def save(directory: Path, version: int, tensors: dict[str, torch.Tensor], model_hash: str) -> Path:
     return tensorfile.save(
-        path_of(directory, version), tensors, {"version": str(version), "hash": model_hash}
+        path_of(directory, version),
+        tensors,
+        {"version": str(version), "hash": model_hash},
+        failpoint="coordinator.checkpoint",
     )
 
 
@@ -36,3 +39,16 @@ def prune_residuals(directory: Path, keep: int) -> None:
     for p in directory.glob("server-residual-v*.safetensors"):
         if int(p.stem.rsplit("-v", 1)[1]) != keep:
             p.unlink(missing_ok=True)
+
+
+def discard_after(directory: Path, version: int) -> int:
+    """Delete checkpoints and server residuals of versions newer than `version`, and temp files: what an
+    aggregation cut off by a crash wrote before the database recorded its version."""
+    gone = 0
+    for p in directory.glob("*"):
+        digits = p.stem.rsplit("v", 1)[-1]
+        newer = p.suffix == ".safetensors" and digits.isdigit() and int(digits) > version
+        if newer or p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+            gone += 1
+    return gone

@@ -21,14 +21,14 @@ import torch
 
 from coordinator import checkpoint, spool
 from coordinator.divergence import RoundDivergence, Spooled, measure
-from coordinator.ingest import RoundSums, Upload, evict, receive, remove, undo
+from coordinator.ingest import RoundSums, Upload, evict, receive, reload, remove, undo
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.robust import robust_mean
 from coordinator.settings import CoordinatorSettings
 from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
 from coordinator.storage.store import Store, hash_token
 from coordinator.versions import VersionFiles, read_frames, write_frames
-from strata import codec, tensorfile
+from strata import codec, failpoints, tensorfile
 from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied, StrataError
@@ -87,6 +87,7 @@ class OpenRound:
     participants: dict[str, str]  # uid -> name
     deadline_unix: float
     plan: RoundPlan
+    target: int  # the round closes once this many updates are in (< participants with over-selection)
     sums: RoundSums = field(default_factory=lambda: RoundSums({}))
     uploads: dict[str, Upload] = field(default_factory=dict)  # uid -> upload in flight
     accepted: dict[str, Spooled] = field(default_factory=dict)  # uid -> its accepted update, spooled on disk
@@ -96,6 +97,10 @@ class OpenRound:
     raw_bytes_down: int = 0
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+
+    def check_all_in(self) -> None:
+        if len(self.accepted) >= self.target:
+            self.all_in.set()
 
 
 def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
@@ -141,6 +146,7 @@ class FederationRunner:
         self.stopped = False
         self.sessions: dict[str, Session] = {}
         self.current: OpenRound | None = None
+        self.resumed: OpenRound | None = None  # the round a restart reopened, run before any new one
         self.done = False
         self.changed = asyncio.Condition()
         self.eval_examples: list[Example] = []
@@ -198,15 +204,7 @@ class FederationRunner:
             h = model_hash(tensors)
             if fed.model_hash and h != fed.model_hash:
                 raise RuntimeError(f"checkpoint v{version} does not match the hash recorded in the database")
-            failed = self.store.fail_open_rounds(
-                self.fed_id, "coordinator restarted while the round was open"
-            )
-            log.info(
-                "resuming federation %s at version %d (%d open round(s) marked failed)",
-                s.federation,
-                version,
-                failed,
-            )
+            log.info("resuming federation %s at version %d", s.federation, version)
         else:
             version, h = 0, model_hash(tensors)
             checkpoint.save(self.ckpt_dir, 0, tensors, h)
@@ -238,12 +236,105 @@ class FederationRunner:
         if was_stopped or self.desired == "stopped":  # stopped by an administrator: workers only hear DONE
             self.done = self.stopped = True
             self.store.update_federation(self.fed_id, state=FederationState.STOPPED.value)
+        # what a crash left half-written: files of versions the database never recorded, the open round
+        if self.versions.discard_after(version) + checkpoint.discard_after(self.ckpt_dir, version):
+            log.info("discarded files of versions after %d that were never recorded", version)
+        self.resumed = None if self.done else self._reopen()
+        if self.resumed is None:
+            self.store.fail_open_rounds(
+                self.fed_id, "the coordinator restarted and could not resume the round"
+            )
         if not self.token_hashes and not self.issued:
             log.warning(
                 "no worker tokens: workers can join only with tokens issued through the dashboard API "
                 "(strata admin token issue %s LABEL)",
                 s.federation,
             )
+
+    def _reopen(self) -> OpenRound | None:
+        """The round a crash or restart left open, reopened: same number, base version and participants, a
+        fresh deadline, and every update it had accepted added to its sums again from the spool. Spool
+        files the database never recorded as accepted (uploads cut off, or whose reply was never sent) are
+        deleted: their workers send them again. None if there is no such round or it trains another
+        version than the one the coordinator holds."""
+        row = self.store.open_round_row(self.fed_id)
+        if row is None or row.base_version != self.version or row.base_hash != self.hash:
+            return None
+        workers = {w.id: w for w in self.store.workers(self.fed_id)}
+        by_name = {w.name: w for w in workers.values()}
+        participants = {by_name[n].uid: n for n in row.participants if n in by_name}
+        names = tuple(row.blocks) if row.blocks else tuple(self.bmap.names)
+        plan = RoundPlan(row.number, names, bool(row.probe))
+        target = (
+            len(participants)
+            if not self.s.over_selection
+            else min(self.s.workers_per_round, len(participants))
+        )
+        deadline = time.time() + self.s.round_timeout
+        r = OpenRound(
+            row.id,
+            row.number,
+            row.base_version,
+            row.base_hash,
+            participants,
+            deadline,
+            plan,
+            target=max(target, 1),
+            sums=self._round_sums(row.number, plan),
+        )
+        rdir = spool.round_dir(self.spool_dir, row.number)
+        for u in self.store.updates(row.id):
+            if u.status != UpdateStatus.ACCEPTED.value or u.worker_id not in workers:
+                continue
+            w = workers[u.worker_id]
+            path = rdir / f"{w.name}.update"
+            try:
+                got = reload(path, r.sums, u.num_samples)
+            except (OSError, StrataError) as exc:
+                reason = f"lost when the coordinator restarted: {exc}"
+                self.store.set_update_status(u.id, UpdateStatus.REJECTED, reason)
+                log.error("round %d: the update of %s is %s", row.number, w.name, reason)
+                continue
+            r.sums.commit(got.names, u.num_samples, got.sq)
+            r.accepted[w.uid] = Spooled(
+                w.uid,
+                path,
+                u.num_samples,
+                update_id=u.id,
+                name=w.name,
+                norm=got.norm,
+                tensors=frozenset(got.names),
+                sq=got.sq,
+                train_loss=u.train_loss or 0.0,
+                train_accuracy=u.train_accuracy or 0.0,
+            )
+            r.bytes_up += u.bytes or 0
+            r.raw_bytes_up += u.raw_bytes or 0
+        kept = {u.path.name for u in r.accepted.values()}
+        for p in rdir.iterdir() if rdir.is_dir() else ():
+            if p.name not in kept:  # partial uploads, and updates that were never recorded
+                p.unlink(missing_ok=True)
+        self.store.set_round_fields(
+            row.id, state=RoundState.OPEN.value, deadline_at=dt.datetime.fromtimestamp(deadline, dt.UTC)
+        )
+        r.check_all_in()
+        log.info(
+            "round %d reopened after a restart with the %d update(s) it had accepted (%s); deadline in %.0fs",
+            row.number,
+            len(r.accepted),
+            ", ".join(sorted(u.name for u in r.accepted.values())) or "none yet",
+            self.s.round_timeout,
+        )
+        return r
+
+    def _round_sums(self, number: int, plan: RoundPlan) -> RoundSums:
+        trains = self.bmap.tensors_of(plan.train)
+        return RoundSums(
+            {n: e for n, e in self.expected.items() if n in trains},
+            outside={n: b for n, b in self.bmap.block_of.items() if n not in trains},
+            round_number=number,
+            trains=plan.train,
+        )
 
     def _config_record(self) -> dict[str, object]:
         keep = (
@@ -252,6 +343,7 @@ class FederationRunner:
             "min_workers",
             "workers_per_round",
             "min_updates",
+            "over_selection",
             "round_timeout",
             "local_epochs",
             "max_steps",
@@ -468,6 +560,8 @@ class FederationRunner:
         """
         started = time.monotonic()
         h = first.header
+        if (dup := await asyncio.to_thread(self._duplicate, sess, h)) is not None:
+            return dup
         r = self._check_round(sess, h)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
         upload = r.uploads[sess.uid] = Upload(writer, h.num_samples)
@@ -510,6 +604,7 @@ class FederationRunner:
         finally:
             r.uploads.pop(sess.uid, None)
         path = writer.commit()
+        failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
         r.sums.commit(got.names, h.num_samples, got.sq)
         spooled = r.accepted[sess.uid] = Spooled(
             sess.uid,
@@ -542,19 +637,38 @@ class FederationRunner:
         )
         self.metrics.updates.labels(self.s.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
         self.metrics.bytes_in.labels(self.s.federation).inc(got.payload_bytes)
-        if set(r.accepted) >= set(r.participants):
-            r.all_in.set()
+        failpoints.hit("coordinator.push.recorded")  # recorded, the reply not yet sent
+        r.check_all_in()
         return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
+
+    def _duplicate(self, sess: Session, h: pb.UpdateHeader) -> pb.PushReply | None:
+        """The reply to an update the coordinator already holds (the worker retried after losing the reply,
+        e.g. across a coordinator restart): counted once, its stream not read. None for any other update."""
+        r = self.current
+        if r is not None and r.number == h.round:
+            held = r.accepted.get(sess.uid)
+            if held is None or h.base_version != r.base_version or h.base_hash != r.base_hash:
+                return None
+            received = raw = 0
+        else:
+            u = self.store.accepted_update(self.fed_id, h.round, sess.db_id)
+            if u is None or u.base_version != h.base_version:
+                return None
+            received, raw = u.bytes or 0, u.raw_bytes or 0
+        log.info("update from %s for round %d is one already counted: acknowledged again", sess.name, h.round)
+        self.metrics.updates.labels(self.s.federation, "duplicate", "OK").inc()
+        return pb.PushReply(accepted=True, duplicate=True, received_bytes=received, raw_bytes=raw)
 
     def _check_round(self, sess: Session, h: pb.UpdateHeader) -> OpenRound:
         r = self.current
+        if r is not None and r.closed and h.round == r.number:
+            why = "its deadline passed" if len(r.accepted) < r.target else f"it had its {r.target} update(s)"
+            raise FailedPrecondition(f"round {r.number} is closed: {why}")
         if r is None or r.closed or h.round != r.number:
             open_no = "none" if r is None or r.closed else str(r.number)
             raise FailedPrecondition(f"update for round {h.round}, but the open round is {open_no}")
         if sess.uid not in r.participants:
             raise FailedPrecondition(f"worker {sess.name} is not a participant of round {r.number}")
-        if sess.uid in r.accepted:
-            raise FailedPrecondition(f"worker {sess.name} already delivered its update for round {r.number}")
         if sess.uid in r.uploads:
             raise FailedPrecondition(
                 f"worker {sess.name} is already uploading an update for round {r.number}"
@@ -604,15 +718,17 @@ class FederationRunner:
             while not self.done:
                 if not await self._follow_control():
                     break
-                await self._wait_for_workers()
-                if self.desired in ("paused", "stopped"):
-                    continue  # asked while waiting for workers: no new round
-                ok = await self._run_round()
+                r, self.resumed = self.resumed, None
+                if r is None:
+                    await self._wait_for_workers()
+                    if self.desired in ("paused", "stopped"):
+                        continue  # asked while waiting for workers: no new round
+                    r = self._open_round()
+                ok = await self._run_round(r)
                 failures = 0 if ok else failures + 1
                 if failures >= self.s.max_failed_rounds:
-                    msg = f"{failures} consecutive rounds failed to reach their quorum"
-                    self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)
-                    raise RuntimeError(msg)
+                    failures = 0
+                    await self._give_up(f"{self.s.max_failed_rounds} consecutive rounds missed their quorum")
             if self.stopped:
                 self.store.update_federation(self.fed_id, state=FederationState.STOPPED.value)
                 log.info(
@@ -630,6 +746,23 @@ class FederationRunner:
             watcher.cancel()
             self._flush_now()
 
+    async def _give_up(self, msg: str) -> None:
+        """Rounds keep missing their quorum: fail the federation, or (the default) pause it with the reason
+        until an administrator resumes it (`strata admin resume`), and retry then."""
+        if self.s.on_failed_rounds == "fail":
+            self.store.update_federation(self.fed_id, state=FederationState.FAILED.value, error=msg)
+            raise RuntimeError(msg)
+        msg += f"; paused until an administrator resumes it (strata admin resume {self.s.federation})"
+        log.error("federation %s: %s", self.s.federation, msg)
+        await asyncio.to_thread(
+            self.store.update_federation,
+            self.fed_id,
+            state=FederationState.PAUSED.value,
+            desired_state="paused",
+            error=msg,
+        )
+        self.desired = "paused"
+
     async def _follow_control(self) -> bool:
         """Between rounds: wait while paused; False when stopped (the loop ends and workers hear DONE)."""
         announced = False
@@ -643,7 +776,7 @@ class FederationRunner:
             self.done = self.stopped = True
             return False
         if announced:
-            self.store.update_federation(self.fed_id, state=FederationState.RUNNING.value)
+            self.store.update_federation(self.fed_id, state=FederationState.RUNNING.value, error=None)
             log.info("federation %s resumed", self.s.federation)
         return True
 
@@ -671,19 +804,21 @@ class FederationRunner:
                 raise RuntimeError(msg)
             await asyncio.sleep(0.2)
 
-    def _choose(self) -> dict[str, str]:
+    def _choose(self) -> tuple[dict[str, str], int]:
+        """The round's participants and how many updates close it: workers_per_round of the online workers
+        (all if 0), plus over_selection more invited, the first workers_per_round updates closing the round."""
         online = sorted(self.online(), key=lambda w: w.name)
         k = self.s.workers_per_round or len(online)
-        chosen = online if k >= len(online) else self.rng.sample(online, k)
-        return {w.uid: w.name for w in chosen}
+        invite = math.ceil(k * (1 + self.s.over_selection))
+        chosen = online if invite >= len(online) else self.rng.sample(online, invite)
+        return {w.uid: w.name for w in chosen}, max(1, min(k, len(chosen)))
 
-    async def _run_round(self) -> bool:
+    def _open_round(self) -> OpenRound:
         self.round_number += 1
-        participants = self._choose()
+        participants, target = self._choose()
         version, base_hash = self.version, self.hash
         deadline = time.time() + self.s.round_timeout
         plan = self.targeting.plan(self.round_number)
-        trains = self.bmap.tensors_of(plan.train)
         db_id = self.store.open_round(
             self.fed_id,
             self.round_number,
@@ -695,20 +830,28 @@ class FederationRunner:
             blocks=list(plan.train) if self.targeting.active else None,
             probe=plan.probe,
         )
-        sums = RoundSums(
-            {n: e for n, e in self.expected.items() if n in trains},
-            outside={n: b for n, b in self.bmap.block_of.items() if n not in trains},
-            round_number=self.round_number,
-            trains=plan.train,
+        return OpenRound(
+            db_id,
+            self.round_number,
+            version,
+            base_hash,
+            participants,
+            deadline,
+            plan,
+            target=target,
+            sums=self._round_sums(self.round_number, plan),
         )
-        r = OpenRound(db_id, self.round_number, version, base_hash, participants, deadline, plan, sums=sums)
+
+    async def _run_round(self, r: OpenRound) -> bool:
+        participants, deadline, plan = r.participants, r.deadline_unix, r.plan
         self.current = r
         started = time.monotonic()
         log.info(
-            "round %d open: %d participant(s), version %d, %s",
+            "round %d open: %d participant(s)%s, version %d, %s",
             r.number,
             len(participants),
-            version,
+            f" (closes at {r.target} updates)" if r.target < len(participants) else "",
+            r.base_version,
             self._describe(plan),
         )
         await self._notify()
@@ -755,6 +898,7 @@ class FederationRunner:
             )
         n = max(r.sums.total_samples, 1)
         self.completed += 1
+        failpoints.hit("coordinator.round.closing")  # the version is checkpointed, not yet recorded
         self.store.close_round(
             r.db_id,
             RoundState.COMPLETED,
@@ -778,6 +922,9 @@ class FederationRunner:
         self.metrics.rounds.labels(self.s.federation, RoundState.COMPLETED.value).inc()
         self.metrics.round_seconds.labels(self.s.federation).observe(time.monotonic() - started)
         self.metrics.version.labels(self.s.federation).set(new_version)
+        failpoints.hit("coordinator.round.closed")  # recorded; the spool and old residuals not yet pruned
+        # only now that the database holds the new version: a restart before this resumes the old one
+        checkpoint.prune_residuals(self.ckpt_dir, keep=new_version)
         spool.prune(self.spool_dir, keep_from=r.number - 1)
         if self.completed >= self.s.rounds:
             self.done = True
@@ -869,7 +1016,7 @@ class FederationRunner:
 
         def frames() -> Iterator[tuple[object, list[bytes]]]:
             nonlocal sq
-            for name, mean in r.sums.means():  # one tensor at a time
+            for i, (name, mean) in enumerate(r.sums.means()):  # one tensor at a time
                 u = mean
                 e = self.server_residual.get(name)
                 if lossy and e is not None and e.shape == u.shape:
@@ -880,6 +1027,8 @@ class FederationRunner:
                 p = params[name]
                 with torch.no_grad():
                     add_update(p, sent)
+                if i == 0:
+                    failpoints.hit("coordinator.aggregate.applying")  # once a round: the model half updated
                 sq += float(sent.double().pow(2).sum())
                 yield header_of(name, p, enc), enc.blocks
 
@@ -895,7 +1044,6 @@ class FederationRunner:
         self.hashes[version] = h
         self.version, self.hash = version, h  # from here on, pulls get this version
         self.versions.prune(version, self.s.history)
-        checkpoint.prune_residuals(self.ckpt_dir, keep=version)
         return Aggregated(version, h, sq**0.5, applied, *self._records(outcomes, div, r))
 
     def _records(

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from coordinator import spool
+from strata import failpoints
 from strata.aggregate import FedAvgAccumulator
 from strata.errors import FailedPrecondition, InvalidInput
 from strata.frames import Expected, FrameAssembler
@@ -107,26 +108,63 @@ async def _consume(
     chunks: AsyncIterator[pb.UpdateChunk], asm: FrameAssembler, writer: spool.SpoolWriter, sums: RoundSums
 ) -> set[str]:
     names: set[str] = set()
+    started = False
     async for chunk in chunks:
         writer.write(chunk)
-        part = chunk.WhichOneof("part")
-        if part == "tensor":
-            sums.check_name(chunk.tensor.name)
-            done = asm.tensor(chunk.tensor)
-        elif part == "data":
-            done = asm.data(chunk.data)
-        elif part == "end":
-            asm.finish()
-            if chunk.end.num_tensors != len(names):
-                raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(names)} arrived")
-            if not names:
-                raise InvalidInput("the update carries no tensor")
-            return names  # a subset is fine: each tensor is averaged over the updates that carry it
-        else:
-            raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
-        if done is not None:
-            names.add(done[0])
+        if _take(chunk, asm, sums, names):
+            return names
+        if not started and chunk.WhichOneof("part") == "data":
+            started = True
+            failpoints.hit("coordinator.push.receiving")  # once per upload: its first piece is in
     raise InvalidInput("the stream ended before the end marker")
+
+
+def _take(chunk: pb.UpdateChunk, asm: FrameAssembler, sums: RoundSums, names: set[str]) -> bool:
+    """One chunk after the update's header, into `asm` (and so the sums); True at the end marker."""
+    part = chunk.WhichOneof("part")
+    if part == "tensor":
+        sums.check_name(chunk.tensor.name)
+        done = asm.tensor(chunk.tensor)
+    elif part == "data":
+        done = asm.data(chunk.data)
+    elif part == "end":
+        asm.finish()
+        if chunk.end.num_tensors != len(names):
+            raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(names)} arrived")
+        if not names:
+            raise InvalidInput("the update carries no tensor")
+        return True  # a subset is fine: each tensor is averaged over the updates that carry it
+    else:
+        raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
+    if done is not None:
+        names.add(done[0])
+    return False
+
+
+def reload(path: Path, sums: RoundSums, num_samples: int) -> Received:
+    """Add an update accepted before a coordinator restart to the reopened round's sums again, from its
+    spool file, with the checks it passed when it arrived; a file that fails them leaves the sums as
+    they were (InvalidInput, or OSError for a file that cannot be read)."""
+    added = 0
+
+    def add(name: str, start: int, values: torch.Tensor) -> None:
+        nonlocal added
+        sums.add(name, start, values, float(num_samples))
+        added += 1
+
+    asm = FrameAssembler(sums.expected, on_block=add)
+    names: set[str] = set()
+    try:
+        chunks = spool.read(path)
+        first = next(chunks, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidInput(f"{path.name} does not start with an update header")
+        if not any(_take(chunk, asm, sums, names) for chunk in chunks):
+            raise InvalidInput(f"{path.name} ends before the end marker")
+    except BaseException:
+        rollback(path, sums, num_samples, added)
+        raise
+    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq), asm.tensor_sq)
 
 
 def remove(path: Path, sums: RoundSums, num_samples: int) -> None:

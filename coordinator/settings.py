@@ -106,8 +106,21 @@ class CoordinatorSettings(StrataSettings):
         ge=0,
         description="Give up if min_workers have not joined after this many seconds (0: wait forever)",
     )
+    over_selection: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="Invite this fraction more workers than workers_per_round and close the round as soon "
+        "as workers_per_round updates are in, so stragglers do not hold it (e.g. 0.3: 13 invited for 10)",
+    )
     max_failed_rounds: int = Field(
-        3, ge=1, description="Consecutive failed rounds after which the federation fails"
+        3, ge=1, description="Consecutive rounds that miss their quorum before on_failed_rounds acts"
+    )
+    on_failed_rounds: str = Field(
+        "pause",
+        pattern="^(pause|fail)$",
+        description="After max_failed_rounds: pause (the federation waits, state paused with the reason, "
+        "until `strata admin resume`) or fail (the coordinator exits with an error)",
     )
     worker_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -237,6 +250,11 @@ class CoordinatorSettings(StrataSettings):
             raise ValueError(
                 f"min_updates ({self.min_updates}) cannot exceed workers_per_round ({self.workers_per_round}); "
                 "see --min-updates / STRATA_COORDINATOR_MIN_UPDATES"
+            )
+        if self.over_selection and not self.workers_per_round:
+            raise ValueError(
+                "over_selection invites more than workers_per_round workers: set --workers-per-round too "
+                "(with 0, every online worker takes part and there is no one more to invite)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError(

@@ -97,3 +97,17 @@ class VersionFiles:
                 kind == "update" and int(v) <= current - history
             ):
                 p.unlink(missing_ok=True)
+
+    def discard_after(self, version: int) -> int:
+        """Delete the files of versions newer than `version` (written by an aggregation that a crash cut
+        off before the database recorded it) and any partial file; returns how many went."""
+        gone = 0
+        for p in self.dir.iterdir():
+            kind, _, v = p.stem.partition("-v")
+            if p.name.endswith(".partial") or (
+                kind in ("snapshot", "update") and v.isdigit() and int(v) > version
+            ):
+                p.unlink(missing_ok=True)
+                gone += 1
+        self._counts.clear()
+        return gone

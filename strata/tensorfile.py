@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from strata import failpoints
+
 _DTYPES = {
     torch.float32: "F32",
     torch.float16: "F16",
@@ -37,8 +39,16 @@ def _raw(t: torch.Tensor) -> memoryview:
     return t.numpy().reshape(-1).data.cast("B")
 
 
-def save(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors as a safetensors file, atomically, holding at most one tensor's copy at a time."""
+def save(
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    failpoint: str = "tensorfile",
+) -> Path:
+    """Write tensors as a safetensors file, atomically, holding at most one tensor's copy at a time.
+
+    `failpoint` names this write for the fault tests: `<failpoint>.writing` halfway through the tensors,
+    `<failpoint>.written` after the fsync, before the rename (see strata.failpoints)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(tensors)
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -60,10 +70,14 @@ def save(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, st
     with open(tmp, "wb") as fh:
         fh.write(len(head).to_bytes(8, "little"))
         fh.write(head)
-        for name in names:
+        for i, name in enumerate(names):
+            if i == len(names) // 2:
+                fh.flush()
+                failpoints.hit(f"{failpoint}.writing")
             fh.write(_raw(tensors[name]))
         fh.flush()
         os.fsync(fh.fileno())
+    failpoints.hit(f"{failpoint}.written")
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -13,7 +13,7 @@ import grpc
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from strata import __version__, codec, tensorfile
+from strata import __version__, codec, failpoints, tensorfile
 from strata.codec import Codec
 from strata.data import DataError, Example, find_split, read_examples, read_labels
 from strata.errors import InvalidInput
@@ -126,12 +126,14 @@ def update_chunks(
             num_tensors=len(encoded),
         )
     )
-    for name in sorted(encoded):
+    for i, name in enumerate(sorted(encoded)):
         enc = encoded[name]
         yield pb.UpdateChunk(tensor=header_of(name, result.delta[name], enc))
         for block in enc.blocks:
             for piece in pieces(block):
                 yield pb.UpdateChunk(data=piece)
+        if i == len(encoded) // 2:
+            failpoints.hit("worker.push.streaming")  # halfway through the update's frames
     yield pb.UpdateChunk(end=pb.UpdateEnd(num_tensors=len(encoded)))
 
 
@@ -140,6 +142,18 @@ def encode_update(
 ) -> tuple[dict[str, codec.Encoded], dict[str, torch.Tensor]]:
     """The task's encoding of Δ plus the carried error (error feedback for lossy encodings)."""
     return with_feedback(result.delta, residual, Codec(task.encoding, task.topk_fraction or 0.1))
+
+
+@dataclass
+class Pending:
+    """A trained, encoded update on its way to the coordinator, and the error-feedback residuals that
+    become the worker's once it is delivered."""
+
+    task: RoundTask
+    result: TrainResult
+    encoded: dict[str, codec.Encoded]
+    residual: dict[str, torch.Tensor]
+    new_residual: dict[str, torch.Tensor]
 
 
 class Worker:
@@ -171,6 +185,7 @@ class Worker:
         self.data: LocalData | None = None
         self.local_labels: list[str] | None = None
         self.max_seq_len = 128
+        self.pending: Pending | None = None  # a trained update not yet delivered
 
     def close(self) -> None:
         self.client.close()
@@ -207,6 +222,9 @@ class Worker:
         self.join()
         while True:
             try:
+                if self.pending is not None:  # an update whose delivery a coordinator restart cut off
+                    self.deliver()
+                    continue
                 task_msg = self.client.get_task(self.worker_id, self.s.poll_seconds)
                 if task_msg.kind == pb.Task.DONE:
                     log.info("%s: federation finished after %d round(s) here", self.s.name, self.rounds_done)
@@ -254,25 +272,41 @@ class Worker:
         if self.on_update is not None:  # what the coordinator will decode, for tests and tools
             sent = {n: codec.decode(e).reshape(result.delta[n].shape) for n, e in encoded.items()}
             self.on_update(task, dataclasses.replace(result, delta=sent))
+        self.pending = Pending(task, result, encoded, residual, new_residual)
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Send the pending update: a fresh stream on every attempt, so a connection lost midway restarts
+        it from the start. It stays pending if the coordinator forgot this worker (it restarted: NOT_FOUND
+        reaches run(), which joins again and calls this again); a coordinator that already holds it
+        answers `duplicate` and it is counted once."""
+        p = self.pending
+        assert p is not None
+        task, result = p.task, p.result
         timeout = max(30.0, task.deadline_unix - time.time() + 30.0)
-        try:  # a fresh stream on every attempt: a connection lost midway is retried from the start
+        try:
             reply = self.client.call(
-                lambda: self.client.push(update_chunks(self.worker_id, task, result, encoded), timeout),
+                lambda: self.client.push(update_chunks(self.worker_id, task, result, p.encoded), timeout),
                 "push",
             )
         except grpc.RpcError as err:
             if err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
                 log.warning("round %d: update not taken (%s: %s)", task.round, err.code().name, err.details())
+                self.pending = None
                 return
             raise
+        self.pending = None
         self.rounds_done += 1
         # the error this round's encoding held back travels with the next update of each tensor; a
         # frozen tensor keeps the residual it had until its block trains again
-        carried = {n: e for n, e in residual.items() if n not in result.delta} | new_residual
+        carried = {n: e for n, e in p.residual.items() if n not in result.delta} | p.new_residual
         if carried:
             tensorfile.save(self.residual_path, carried)
-        elif residual:
+        elif p.residual:
             self.residual_path.unlink(missing_ok=True)
+        if reply.duplicate:
+            log.info("round %d: the coordinator already had this update; counted once", task.round)
+            return
         log.info(
             "round %d: sent %d bytes (%.1fx smaller than raw), loss %.4f, %.1fs training",
             task.round,

@@ -100,6 +100,10 @@ class Store:
             s.expunge(w)
             return w
 
+    def workers(self, federation_id: int) -> list[Worker]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Worker).where(Worker.federation_id == federation_id)))
+
     def touch_workers(self, seen: dict[int, dt.datetime]) -> None:
         if not seen:
             return
@@ -190,6 +194,19 @@ class Store:
             )
             return int(getattr(res, "rowcount", 0) or 0)
 
+    def open_round_row(self, federation_id: int) -> Round | None:
+        """The federation's latest round still open or aggregating (one a crash or restart left behind)."""
+        with self.sessions() as s:
+            return s.scalar(
+                select(Round)
+                .where(
+                    Round.federation_id == federation_id,
+                    Round.state.in_([RoundState.OPEN.value, RoundState.AGGREGATING.value]),
+                )
+                .order_by(Round.number.desc())
+                .limit(1)
+            )
+
     def last_round_number(self, federation_id: int) -> int:
         with self.sessions() as s:
             return (
@@ -244,6 +261,21 @@ class Store:
         with self.sessions.begin() as s:
             s.execute(
                 update(Update).where(Update.id == update_id).values(status=status.value, reject_reason=reason)
+            )
+
+    def accepted_update(self, federation_id: int, round_number: int, worker_id: int) -> Update | None:
+        """The worker's accepted update in that round, if any (a retried upload is then a duplicate)."""
+        with self.sessions() as s:
+            return s.scalar(
+                select(Update)
+                .join(Round, Round.id == Update.round_id)
+                .where(
+                    Round.federation_id == federation_id,
+                    Round.number == round_number,
+                    Update.worker_id == worker_id,
+                    Update.status == UpdateStatus.ACCEPTED.value,
+                )
+                .limit(1)
             )
 
     def updates(self, round_id: int) -> list[Update]:

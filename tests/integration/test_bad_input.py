@@ -229,6 +229,7 @@ def test_a_round_below_its_quorum_fails_visibly(tmp_path: Path, tiny_model: Path
             min_updates=1,
             round_timeout=1,
             max_failed_rounds=2,
+            on_failed_rounds="fail",
         )
     )
     try:

@@ -223,14 +223,16 @@ class UpdateChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[UpdateEnd, _Mapping]] = ...) -> None: ...
 
 class PushReply(_message.Message):
-    __slots__ = ("accepted", "received_bytes", "raw_bytes")
+    __slots__ = ("accepted", "received_bytes", "raw_bytes", "duplicate")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RAW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     received_bytes: int
     raw_bytes: int
-    def __init__(self, accepted: _Optional[bool] = ..., received_bytes: _Optional[int] = ..., raw_bytes: _Optional[int] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, accepted: _Optional[bool] = ..., received_bytes: _Optional[int] = ..., raw_bytes: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class MetricsReport(_message.Message):
     __slots__ = ("worker_id", "round", "model_version", "split", "num_samples", "loss", "accuracy")
