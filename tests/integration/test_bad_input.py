@@ -272,3 +272,137 @@ def test_a_worker_token_over_its_rate_limit_gets_resource_exhausted(tmp_path: Pa
             stub.Join(pb.JoinRequest(name="org-a", num_samples=5), metadata=auth(TOKENS[0]), timeout=10)
     finally:
         coord.stop()
+
+
+def test_a_replayed_update_is_acknowledged_as_a_duplicate_and_counted_once(
+    tmp_path: Path, tiny_model: Path, zero_delta
+) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'dup.db'}"
+    coord = ServedCoordinator(
+        coordinator_settings(tmp_path, db, tiny_model, rounds=2, min_workers=1, min_updates=1)
+    )
+    try:
+        c = Client(coord.address, TOKENS[0], "org-a")
+        delta = {n: torch.full_like(t, 0.01) for n, t in zero_delta.items()}
+        task1 = task_from_proto(c.task())
+        first = c.push(update_chunks(c.id, task1, result(delta)))
+        assert first.accepted and not first.duplicate
+        again = c.push(update_chunks(c.id, task1, result(delta)))  # the reply was "lost": sent again
+        assert again.accepted and again.duplicate
+        task2 = task_from_proto(c.task())
+        late = c.push(update_chunks(c.id, task1, result(delta)))  # replayed into the next round
+        assert late.accepted and late.duplicate and late.received_bytes == first.received_bytes
+        forged = task1.__class__(**{**{f: getattr(task1, f) for f in task1.__slots__}, "model_version": 7})
+        with pytest.raises(grpc.RpcError) as err:  # not the update it claims to repeat
+            c.push(update_chunks(c.id, forged, result(delta)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.push(update_chunks(c.id, task2, result(delta))).accepted
+        coord.wait(60)
+        store = Store(db)
+        rounds = store.rounds(1)
+        assert [(r.state, r.num_updates) for r in rounds] == [("completed", 1), ("completed", 1)]
+        assert [u.status for r in rounds for u in store.updates(r.id)] == ["accepted", "accepted"]
+        store.close()
+    finally:
+        coord.stop()
+
+
+def test_oversized_messages_and_streams_are_refused(served, zero_delta) -> None:  # type: ignore[no-untyped-def]
+    coord, db = served
+    c = Client(coord.address, TOKENS[0], "org-a")
+    task = task_from_proto(c.task())
+    chunks = list(update_chunks(c.id, task, result(zero_delta)))
+
+    with pytest.raises(grpc.RpcError) as err:  # one message over the 8 MiB limit
+        c.push(iter([chunks[0], pb.UpdateChunk(data=b"\0" * (9 << 20))]))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as err:  # more bytes than the tensor's frame announced
+        c.push(iter([*chunks[:-1], pb.UpdateChunk(data=b"\0" * 1024), chunks[-1]]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    big = pb.UpdateChunk()
+    big.CopyFrom(chunks[1])
+    big.tensor.payload_bytes = 1 << 40  # a frame announcing a terabyte
+    with pytest.raises(grpc.RpcError) as err:
+        c.push(iter([chunks[0], big]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    store = Store(db)
+    (r,) = store.rounds(1)
+    assert r.state == "open" and all(u.status == "rejected" for u in store.updates(r.id))
+    assert not any(p.suffix == ".update" for p in (coord.server.settings.data_dir / "spool").rglob("*"))
+    assert c.push(iter(chunks)).accepted  # and the round still takes a good update
+    coord.wait(60)
+    store.close()
+
+
+def test_over_selection_closes_the_round_at_its_target_and_refuses_the_straggler(
+    tmp_path: Path, tiny_model: Path, zero_delta
+) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'over.db'}"
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path,
+            db,
+            tiny_model,
+            rounds=1,
+            min_workers=3,
+            min_updates=2,
+            workers_per_round=2,
+            over_selection=0.5,
+        )
+    )
+    try:
+        clients = [Client(coord.address, TOKENS[k], f"org-{k}") for k in range(3)]
+        tasks = [task_from_proto(c.task()) for c in clients]  # 3 invited for a target of 2
+        for c, t in zip(clients[:2], tasks[:2], strict=True):
+            assert c.push(update_chunks(c.id, t, result(zero_delta))).accepted
+        with pytest.raises(grpc.RpcError) as err:
+            clients[2].push(update_chunks(clients[2].id, tasks[2], result(zero_delta)))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "it had its 2 update(s)" in (err.value.details() or "")
+        coord.wait(60)
+        store = Store(db)
+        (r,) = store.rounds(1)
+        assert (r.state, r.num_updates, len(r.participants)) == ("completed", 2, 3)
+        store.close()
+    finally:
+        coord.stop()
+
+
+def test_rounds_that_keep_missing_their_quorum_pause_the_federation_until_resumed(
+    tmp_path: Path, tiny_model: Path, zero_delta
+) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'pause.db'}"
+    coord = ServedCoordinator(
+        coordinator_settings(
+            tmp_path,
+            db,
+            tiny_model,
+            rounds=1,
+            min_workers=1,
+            min_updates=1,
+            round_timeout=1,
+            max_failed_rounds=2,
+            control_poll_seconds=0.2,
+        )
+    )
+    store = Store(db)
+    try:
+        c = Client(coord.address, TOKENS[0], "org-a")
+        c.task()  # takes round 1's task and stays silent, then round 2's
+        wait_until(lambda: store.federation(1).state == "paused", timeout=30)
+        fed = store.federation(1)
+        assert "2 consecutive rounds missed their quorum" in (fed.error or "") and "resume" in (
+            fed.error or ""
+        )
+        assert [r.state for r in store.rounds(1)] == ["failed", "failed"]
+        time.sleep(1.0)
+        assert len(store.rounds(1)) == 2  # paused: no new round opens
+        store.update_federation(1, desired_state="running")  # what `strata admin resume` writes
+        task = task_from_proto(c.task())
+        assert task.round == 3
+        assert c.push(update_chunks(c.id, task, result(zero_delta))).accepted
+        coord.wait(60)
+        assert store.federation(1).state == "completed" and store.federation(1).error is None
+    finally:
+        store.close()
+        coord.stop()
