@@ -144,6 +144,7 @@ class FederationRunner:
         self.issued: set[str] = set()  # hashes of the valid tokens issued through the dashboard API
         self.desired: str | None = None  # what an administrator asked for: running, paused, stopped
         self.stopped = False
+        self.self_paused = False  # paused by _give_up, not by an administrator
         self.sessions: dict[str, Session] = {}
         self.current: OpenRound | None = None
         self.resumed: OpenRound | None = None  # the round a restart reopened, run before any new one
@@ -762,6 +763,7 @@ class FederationRunner:
             error=msg,
         )
         self.desired = "paused"
+        self.self_paused = True
 
     async def _follow_control(self) -> bool:
         """Between rounds: wait while paused; False when stopped (the loop ends and workers hear DONE)."""
@@ -769,13 +771,15 @@ class FederationRunner:
         while self.desired == "paused":
             if not announced:
                 self.store.update_federation(self.fed_id, state=FederationState.PAUSED.value)
-                log.info("federation %s paused by an administrator", self.s.federation)
+                by = "itself (see its error)" if self.self_paused else "an administrator"
+                log.info("federation %s paused by %s", self.s.federation, by)
                 announced = True
             await asyncio.sleep(0.2)
         if self.desired == "stopped":
             self.done = self.stopped = True
             return False
         if announced:
+            self.self_paused = False
             self.store.update_federation(self.fed_id, state=FederationState.RUNNING.value, error=None)
             log.info("federation %s resumed", self.s.federation)
         return True

@@ -59,7 +59,7 @@ class FederationStatus(FederationSummary):
         description="Test loss of that same round (the newest completed round with a test accuracy)."
     )
     config: dict[str, Any] = Field(description="Federation configuration as stored by the coordinator.")
-    error: str | None = Field(description="Why the federation failed, if it did.")
+    error: str | None = Field(description="Why the federation failed or paused itself, if it did.")
 
 
 class RoundOut(_Out):
