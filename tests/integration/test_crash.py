@@ -110,9 +110,25 @@ def accepted(store: Store) -> dict[int, set[tuple[int, str]]]:
 def test_kill_9_then_restart_loses_nothing_and_applies_nothing_twice(
     tmp_path: Path, tiny_model: Path, failpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="strata.worker")
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     migrate(db)
+    crash_and_restart(tmp_path, db, tiny_model, failpoint, caplog)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("failpoint", ["coordinator.push.recorded@5", "coordinator.round.closing@2"])
+def test_kill_9_then_restart_on_postgresql(
+    tmp_path: Path, db_url: str, tiny_model: Path, failpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the SQLite runs are above")
+    crash_and_restart(tmp_path, db_url, tiny_model, failpoint, caplog)
+
+
+def crash_and_restart(
+    tmp_path: Path, db: str, tiny_model: Path, failpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="strata.worker")
     first = start_coordinator(
         tmp_path, coordinator_env(tmp_path, db, tiny_model, "127.0.0.1:0", failpoint), "coordinator-1.log"
     )
