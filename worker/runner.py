@@ -29,9 +29,10 @@ from strata.modeling import (
     write_assets,
 )
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.serde import RoundTask, task_from_proto
+from strata.serde import RoundTask, task_from_proto, task_to_proto
 from strata.split import holdout
 from strata.version import model_hash
+from worker import distributed
 from worker.client import CoordinatorClient
 from worker.settings import WorkerSettings
 from worker.trainer import TrainResult, train
@@ -160,10 +161,14 @@ class Worker:
     """One organisation's worker. `run()` returns when the federation is done."""
 
     def __init__(
-        self, settings: WorkerSettings, on_update: Callable[[RoundTask, TrainResult], None] | None = None
+        self,
+        settings: WorkerSettings,
+        on_update: Callable[[RoundTask, TrainResult], None] | None = None,
+        rank: distributed.Rank | None = None,
     ) -> None:
         self.s = settings
-        self.device = pick_device(settings.device)
+        self.rank = rank  # rank 0 of a torchrun group: the other ranks train with it (worker.distributed)
+        self.device = rank.device if rank is not None else pick_device(settings.device)
         self.client = CoordinatorClient(
             settings.coordinator,
             settings.token.get_secret_value(),
@@ -248,6 +253,14 @@ class Worker:
             trainable = set_trainable(self.model, self.bmap, task.blocks)
         except ValueError as exc:
             raise WorkerError(f"round {task.round}: {exc}") from None
+        if self.rank is not None:  # the other ranks train this task too, from the same weights
+            distributed.announce_round(
+                self.s.cache_dir / self.federation / "assets",
+                self.federation,
+                task_to_proto(task).SerializeToString(),
+                self.device,
+            )
+            distributed.broadcast_weights(self.model)
         if task.blocks:
             log.info(
                 "round %d trains %s (%.1fM of %.1fM parameters)",
@@ -448,9 +461,15 @@ class Worker:
 
 
 def run(settings: WorkerSettings) -> int:
+    """Run the worker; under torchrun, rank 0 is the worker and the other ranks train with it."""
     tune_malloc()
-    worker = Worker(settings)
+    rank = distributed.init(settings.device) if distributed.launched() else None
+    if rank is not None and not rank.leader:
+        return distributed.follow(settings, rank)
+    worker = Worker(settings, rank=rank)
     try:
         return worker.run()
     finally:
+        if rank is not None:
+            distributed.announce_done(rank.device)
         worker.close()

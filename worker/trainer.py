@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,6 +25,7 @@ from strata.modeling import (
     task_of,
 )
 from strata.serde import TrainingConfig
+from worker import distributed
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,30 +66,37 @@ def train(
     base = {name: t.detach().to("cpu", torch.float32, copy=True) for name, t in global_tensors(model).items()}
     model.to(torch.device(device))  # type: ignore[arg-type]
     model.train()
+    # under torchrun every rank trains its shard of the examples, the same number of steps, and DDP
+    # averages the gradients, so the replicas stay identical and rank 0's Δ stands for all of them
+    world = distributed.active()
+    mine = distributed.shard(list(examples))
+    net: torch.nn.Module = DistributedDataParallel(model) if world else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    seed = local_seed(config.seed, round_number, worker)
+    seed = local_seed(config.seed, round_number, worker) + (dist.get_rank() if world else 0)
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)  # the order of examples
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    ranks = dist.get_world_size() if world else 1
+    steps_per_epoch = math.ceil(len(examples) / (config.batch_size * ranks))
     total = steps_per_epoch * config.local_epochs
     if config.max_steps:
         total = min(total, config.max_steps)
     loss_sum, correct, seen, step = 0.0, 0, 0, 0
     bar = tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
     while step < total:
-        order = torch.randperm(len(examples), generator=gen).tolist()  # a fresh shuffle each epoch
-        for batch in batches(examples, config.batch_size, order):
+        order = torch.randperm(len(mine), generator=gen).tolist()  # a fresh shuffle each epoch
+        for batch in batches(mine, config.batch_size, order):
             if step >= total:
                 break
             enc, labels = model_inputs(task, tokenizer, batch, config.max_seq_len, device)
             with autocast(device):
-                out = model(**enc, labels=labels)
+                out = net(**enc, labels=labels)
             hits, count = count_correct(task, out.logits.detach(), labels)
-            if count:  # a causal LM batch of one-token texts predicts nothing: no loss to step on
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+            if count or world:  # a causal LM batch of one-token texts predicts nothing: no loss to step on
+                opt.zero_grad(set_to_none=True)  # (under DDP every rank steps together: a zero loss then)
+                (out.loss if count else out.logits.sum() * 0.0).backward()
                 opt.step()
+            if count:
                 loss_sum += float(out.loss.detach()) * count
                 correct += hits
                 seen += count
@@ -95,6 +105,9 @@ def train(
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
     bar.close()
     model.eval()
+    distributed.check_in_sync(model, device)
+    loss_sum, correct_f, seen_f = distributed.all_sum([loss_sum, float(correct), float(seen)], device)
+    correct, seen = int(correct_f), int(seen_f)
     # only what was trained travels: frozen tensors (requires_grad False) did not move
     delta = {
         name: p.detach().to("cpu", torch.float32) - base[name]

@@ -1,0 +1,181 @@
+"""A worker that spans several GPUs of one organisation: torchrun starts one process per GPU.
+
+    torchrun --standalone --nproc-per-node 4 -m strata.cli worker ...
+
+Rank 0 is the worker the coordinator sees: it joins, takes tasks, pulls versions and sends one update
+per round. At each round it announces the task to the other ranks and broadcasts the version's weights;
+every rank then trains the same model on its own shard of the local data under DistributedDataParallel
+(gradients averaged across ranks by all-reduce, so every replica takes the same steps), and rank 0 sends
+Δ for all of them, weighted by all the organisation's examples. Ranks talk over NCCL on GPUs and gloo
+on CPUs. Messages between ranks are JSON and raw tensors: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("strata.worker")
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    world: int
+    local_rank: int
+    device: str
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(requested_device: str) -> Rank:
+    """Join the process group torchrun set up; each rank takes the GPU of its local rank (or the CPU)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = requested_device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    # rank 0 talks to the coordinator between rounds, which may take long: the others wait that long
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=dt.timedelta(hours=24))
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    r = Rank(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    log.info("rank %d of %d on %s", r.rank, r.world, device)
+    return r
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(items: list[Any]) -> list[Any]:
+    """This rank's share of the examples (all of them outside a process group)."""
+    if not active():
+        return items
+    return items[dist.get_rank() :: dist.get_world_size()]
+
+
+def all_sum(values: list[float], device: str) -> list[float]:
+    """Element-wise sum over ranks (the values themselves outside a process group)."""
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(x) for x in t.tolist()]
+
+
+def check_in_sync(model: torch.nn.Module, device: str) -> float:
+    """Fail loudly if the replicas' trained weights differ across ranks (they must not under DDP);
+    returns the largest difference of the ranks' weight fingerprints (0.0 outside a process group)."""
+    if not active():
+        return 0.0
+    with torch.no_grad():
+        fp = sum(
+            (
+                float(p.double().sum()) + float(p.double().pow(2).sum())
+                for p in model.parameters()
+                if p.requires_grad
+            ),
+            0.0,
+        )
+    every = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    every[dist.get_rank()] = fp
+    dist.all_reduce(every)
+    spread = float(every.max() - every.min())
+    if spread > 1e-6 * max(1.0, abs(fp)):
+        raise RuntimeError(f"the ranks' weights diverged during training (fingerprints {every.tolist()})")
+    return spread
+
+
+def send_message(message: dict[str, Any] | None, device: str) -> dict[str, Any]:
+    """Broadcast a JSON message from rank 0 (which passes it) to every rank (which get it back)."""
+    data = json.dumps(message).encode() if message is not None else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+        if message is not None
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    )
+    dist.broadcast(buf, src=0)
+    return json.loads(bytes(buf.cpu().tolist()).decode())  # type: ignore[no-any-return]
+
+
+def broadcast_weights(model: torch.nn.Module) -> None:
+    """Make every rank's weights rank 0's (in place, in a fixed order)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for name in sorted(state):
+            dist.broadcast(state[name], src=0)
+
+
+def announce_round(assets: Path, federation: str, task_bytes: bytes, device: str) -> None:
+    """Rank 0: tell the other ranks to train this task (then broadcast_weights)."""
+    send_message(
+        {
+            "kind": "train",
+            "assets": str(assets),
+            "federation": federation,
+            "task": base64.b64encode(task_bytes).decode(),
+        },
+        device,
+    )
+
+
+def announce_done(device: str) -> None:
+    send_message({"kind": "done"}, device)
+
+
+def follow(settings: Any, rank: Rank) -> int:
+    """Ranks above 0: train each announced round on this rank's shard until rank 0 says done."""
+    from strata.layers import block_map, set_trainable
+    from strata.modeling import model_from_assets
+    from strata.proto.v1 import coordinator_pb2 as pb
+    from strata.serde import task_from_proto
+    from worker.runner import load_local_data
+    from worker.trainer import train
+
+    data, _ = load_local_data(settings)
+    model = tokenizer = bmap = None
+    rounds = 0
+    while True:
+        msg = send_message(None, rank.device)
+        if msg.get("kind") != "train":
+            log.info("rank %d: done after %d round(s)", rank.rank, rounds)
+            return rounds
+        if model is None:
+            model, tokenizer = model_from_assets(Path(msg["assets"]))
+            model.to(rank.device)  # type: ignore[arg-type]
+            bmap = block_map(model)
+        broadcast_weights(model)
+        task_msg = pb.Task()
+        task_msg.ParseFromString(base64.b64decode(msg["task"]))
+        task = task_from_proto(task_msg)
+        assert bmap is not None and tokenizer is not None
+        set_trainable(model, bmap, task.blocks)
+        train(
+            model,
+            tokenizer,
+            data.train,
+            task.config,
+            task.round,  # type: ignore[arg-type]
+            device=rank.device,
+            progress=False,
+            label=f"{settings.name} rank {rank.rank} round {task.round}",
+            worker=settings.name,
+        )
+        rounds += 1
