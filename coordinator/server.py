@@ -51,6 +51,8 @@ class CoordinatorServer:
         self.runner.setup()
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        self.health_server: grpc.aio.Server | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -89,6 +91,13 @@ class CoordinatorServer:
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.listen}")
         await self.server.start()
+        if s.health_listen:  # health only, plaintext: for probes inside the container, never for workers
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(s.health_listen)
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {s.health_listen} (health_listen)")
+            await self.health_server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.settings.metrics_listen:
             self.metrics_port = self.runner.metrics.serve(self.settings.metrics_listen)
@@ -104,6 +113,8 @@ class CoordinatorServer:
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.settings.grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self.runner.metrics.close()
         self.store.close()
 

@@ -68,6 +68,11 @@ class CoordinatorSettings(StrataSettings):
     metrics_listen: str = Field(
         "", description="host:port to serve Prometheus metrics on at /metrics (empty: off; port 0 picks one)"
     )
+    health_listen: str = Field(
+        "",
+        description="host:port of a plaintext gRPC server with only grpc.health.v1, for container health "
+        "checks (`strata probe grpc`) when the main port needs TLS (empty: off)",
+    )
     port_file: Path | None = Field(None, description="Write the bound port to this file once listening")
     database_url: str = Field(
         "sqlite:///strata-data/strata.db",

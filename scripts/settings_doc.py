@@ -9,7 +9,10 @@ from coordinator.settings import CoordinatorSettings
 from dashboard_api.settings import DashboardSettings
 from worker.settings import WorkerSettings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
+COMPOSE = [ROOT / "deploy" / "compose.site.yaml", ROOT / "deploy" / "compose.worker.yaml"]
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
 SECTIONS = [
     ("Coordinator (`strata coordinator`, TOML table `[coordinator]`)", CoordinatorSettings),
@@ -36,11 +39,46 @@ def tables() -> str:
     return "\n".join(out)
 
 
+def set_by_compose() -> dict[str, str]:
+    """Variables a compose file sets itself (container paths, listen addresses): variable -> file name."""
+    import yaml
+
+    out: dict[str, str] = {}
+    for path in COMPOSE:
+        for service in yaml.safe_load(path.read_text())["services"].values():
+            for name in service.get("environment") or {}:
+                out.setdefault(name, path.name)
+    return out
+
+
+def env_block() -> str:
+    """Every setting as a commented line of deploy/.env.example: its default and meaning, or the compose
+    file that sets it."""
+    fixed = set_by_compose()
+    out = []
+    for title, cls in SECTIONS:
+        out += ["#", f"# {title}"]
+        for _, env, default, desc in cls.documentation():
+            if env in fixed:
+                out.append(f"#   {env}: set by {fixed[env]}")
+                continue
+            if "SecretStr" in default or default == "PydanticUndefined" or default == "None":
+                default = ""
+            default = re.sub(r"PosixPath\('([^']*)'\)", r"\1", default).strip("'")
+            out.append(f"# {env}={default}  # {desc}")
+    return "\n".join(out)
+
+
+def replace_block(path: Path, start: str, end: str, body: str) -> None:
+    text = path.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
 def main() -> None:
-    text = README.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n\n{tables()}\n{END}{tail}")
+    replace_block(README, START, END, f"\n{tables()}")
+    replace_block(ENV_EXAMPLE, "# settings:start", "# settings:end", env_block())
 
 
 if __name__ == "__main__":
