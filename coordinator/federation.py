@@ -266,11 +266,6 @@ class FederationRunner:
         participants = {by_name[n].uid: n for n in row.participants if n in by_name}
         names = tuple(row.blocks) if row.blocks else tuple(self.bmap.names)
         plan = RoundPlan(row.number, names, bool(row.probe))
-        target = (
-            len(participants)
-            if not self.s.over_selection
-            else min(self.s.workers_per_round, len(participants))
-        )
         deadline = time.time() + self.s.round_timeout
         r = OpenRound(
             row.id,
@@ -280,7 +275,7 @@ class FederationRunner:
             participants,
             deadline,
             plan,
-            target=max(target, 1),
+            target=self._target(len(participants)),
             sums=self._round_sums(row.number, plan),
         )
         rdir = spool.round_dir(self.spool_dir, row.number)
@@ -812,10 +807,13 @@ class FederationRunner:
         """The round's participants and how many updates close it: workers_per_round of the online workers
         (all if 0), plus over_selection more invited, the first workers_per_round updates closing the round."""
         online = sorted(self.online(), key=lambda w: w.name)
-        k = self.s.workers_per_round or len(online)
-        invite = math.ceil(k * (1 + self.s.over_selection))
+        invite = math.ceil((self.s.workers_per_round or len(online)) * (1 + self.s.over_selection))
         chosen = online if invite >= len(online) else self.rng.sample(online, invite)
-        return {w.uid: w.name for w in chosen}, max(1, min(k, len(chosen)))
+        return {w.uid: w.name for w in chosen}, self._target(len(chosen))
+
+    def _target(self, participants: int) -> int:
+        """Updates that close a round early: workers_per_round (fewer invited with over-selection), else all."""
+        return max(1, min(self.s.workers_per_round or participants, participants))
 
     def _open_round(self) -> OpenRound:
         self.round_number += 1
