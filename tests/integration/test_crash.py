@@ -116,7 +116,7 @@ def test_kill_9_then_restart_loses_nothing_and_applies_nothing_twice(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("failpoint", ["coordinator.push.recorded@5", "coordinator.round.closing@2"])
+@pytest.mark.parametrize("failpoint", ["coordinator.round.closing@2"])
 def test_kill_9_then_restart_on_postgresql(
     tmp_path: Path, db_url: str, tiny_model: Path, failpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
