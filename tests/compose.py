@@ -129,8 +129,8 @@ class Local:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         for item in self.service.get("env_file", []):
             path = self.project_dir / (item["path"] if isinstance(item, dict) else item)
-            if path.is_file():
-                env |= read_env_file(path)
+            if path.is_file():  # values are as the container sees them: its paths, mapped
+                env |= {k: self.local(v) for k, v in read_env_file(path).items()}
         environment = self.service.get("environment") or {}
         if isinstance(environment, list):
             environment = dict(e.split("=", 1) for e in environment)

@@ -122,6 +122,7 @@ def test_the_compose_services_run_a_two_round_federation_as_local_processes(
     org_tls = tmp_path / "org-tls"
     org_tls.mkdir()
     shutil.copy(tls.ca.cert, org_tls / "ca.pem")
+    eval_dir = make_worker_data(tmp_path / "held-out", 1, per_worker=40)[0]
     ports = {k: free_port() for k in ("grpc", "health", "metrics", "dashboard")}
     admin_key = "deploy-test-admin-key"
     site_env = example_env() | {
@@ -146,6 +147,8 @@ def test_the_compose_services_run_a_two_round_federation_as_local_processes(
         "STRATA_COORDINATOR_TASK_POLL_SECONDS": "1",
         "STRATA_COORDINATOR_TORCH_THREADS": "1",
         "STRATA_DASHBOARD_ADMIN_KEY": admin_key,
+        "STRATA_EVAL_DIR": str(eval_dir),
+        "STRATA_COORDINATOR_EVAL_DATA": "/eval/train.jsonl",
     }
     site_dir = project(tmp_path / "site", DEPLOY / "compose.site.yaml", site_env)
     doc = compose.load(site_dir / "compose.site.yaml", site_env)
@@ -223,6 +226,7 @@ def test_the_compose_services_run_a_two_round_federation_as_local_processes(
             (1, "completed", 2),
             (2, "completed", 2),
         ]
+        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rounds)  # evaluated on the /eval mount
         metrics = httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).text
         assert 'strata_rounds_total{federation="deploy-test",state="completed"} 2.0' in metrics
         for proc in running:  # docker compose stop: SIGTERM, then the grace period
