@@ -21,7 +21,7 @@ import torch
 
 from coordinator import checkpoint, spool
 from coordinator.divergence import RoundDivergence, Spooled, measure
-from coordinator.ingest import RoundSums, Upload, evict, receive, reload, remove, undo
+from coordinator.ingest import Received, RoundSums, Upload, evict, receive, reload, remove, undo
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.robust import robust_mean
 from coordinator.settings import CoordinatorSettings
@@ -101,6 +101,25 @@ class OpenRound:
     def check_all_in(self) -> None:
         if len(self.accepted) >= self.target:
             self.all_in.set()
+
+    def admit(
+        self, uid: str, name: str, path: Path, got: Received, num_samples: int, **fields: Any
+    ) -> Spooled:
+        """Count a complete update (its blocks are in the sums already) as one of the round's accepted ones."""
+        self.sums.commit(got.names, num_samples, got.sq)
+        self.bytes_up += got.payload_bytes
+        self.raw_bytes_up += got.raw_bytes
+        u = self.accepted[uid] = Spooled(
+            uid,
+            path,
+            num_samples,
+            name=name,
+            norm=got.norm,
+            tensors=frozenset(got.names),
+            sq=got.sq,
+            **fields,
+        )
+        return u
 
 
 def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
@@ -291,21 +310,16 @@ class FederationRunner:
                 self.store.set_update_status(u.id, UpdateStatus.REJECTED, reason)
                 log.error("round %d: the update of %s is %s", row.number, w.name, reason)
                 continue
-            r.sums.commit(got.names, u.num_samples, got.sq)
-            r.accepted[w.uid] = Spooled(
+            r.admit(
                 w.uid,
+                w.name,
                 path,
+                got,
                 u.num_samples,
                 update_id=u.id,
-                name=w.name,
-                norm=got.norm,
-                tensors=frozenset(got.names),
-                sq=got.sq,
                 train_loss=u.train_loss or 0.0,
                 train_accuracy=u.train_accuracy or 0.0,
             )
-            r.bytes_up += u.bytes or 0
-            r.raw_bytes_up += u.raw_bytes or 0
         kept = {u.path.name for u in r.accepted.values()}
         for p in rdir.iterdir() if rdir.is_dir() else ():
             if p.name not in kept:  # partial uploads, and updates that were never recorded
@@ -556,7 +570,7 @@ class FederationRunner:
         """
         started = time.monotonic()
         h = first.header
-        if (dup := await asyncio.to_thread(self._duplicate, sess, h)) is not None:
+        if (dup := await self._duplicate(sess, h)) is not None:
             return dup
         r = self._check_round(sess, h)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
@@ -601,20 +615,15 @@ class FederationRunner:
             r.uploads.pop(sess.uid, None)
         path = writer.commit()
         failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
-        r.sums.commit(got.names, h.num_samples, got.sq)
-        spooled = r.accepted[sess.uid] = Spooled(
+        spooled = r.admit(
             sess.uid,
+            sess.name,
             path,
+            got,
             h.num_samples,
-            name=sess.name,
-            norm=got.norm,
-            tensors=frozenset(got.names),
-            sq=got.sq,
             train_loss=h.train_loss,
             train_accuracy=h.train_accuracy,
         )
-        r.bytes_up += got.payload_bytes
-        r.raw_bytes_up += got.raw_bytes
         spooled.update_id = self.store.record_update(
             r.db_id,
             sess.db_id,
@@ -637,9 +646,10 @@ class FederationRunner:
         r.check_all_in()
         return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
 
-    def _duplicate(self, sess: Session, h: pb.UpdateHeader) -> pb.PushReply | None:
+    async def _duplicate(self, sess: Session, h: pb.UpdateHeader) -> pb.PushReply | None:
         """The reply to an update the coordinator already holds (the worker retried after losing the reply,
-        e.g. across a coordinator restart): counted once, its stream not read. None for any other update."""
+        e.g. across a coordinator restart): counted once, its stream not read. None for any other update.
+        Only an update for another round than the current one costs a database query."""
         r = self.current
         if r is not None and r.number == h.round:
             held = r.accepted.get(sess.uid)
@@ -647,7 +657,7 @@ class FederationRunner:
                 return None
             received = raw = 0
         else:
-            u = self.store.accepted_update(self.fed_id, h.round, sess.db_id)
+            u = await asyncio.to_thread(self.store.accepted_update, self.fed_id, h.round, sess.db_id)
             if u is None or u.base_version != h.base_version:
                 return None
             received, raw = u.bytes or 0, u.raw_bytes or 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -70,6 +71,11 @@ class ServedCoordinator:
 def coordinator_settings(
     tmp_path: Path, db_url: str, model_dir: Path, **overrides: Any
 ) -> CoordinatorSettings:
+    return CoordinatorSettings.load(coordinator_values(tmp_path, db_url, model_dir, **overrides))
+
+
+def coordinator_values(tmp_path: Path, db_url: str, model_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """The test coordinator's settings as plain values (for a process: `service_env(...)`)."""
     values: dict[str, Any] = dict(
         federation="test",
         listen="127.0.0.1:0",
@@ -91,7 +97,16 @@ def coordinator_settings(
         task_poll_seconds=2.0,
     )
     values.update(overrides)
-    return CoordinatorSettings.load(values)
+    return values
+
+
+def service_env(prefix: str, values: dict[str, Any], **extra: str) -> dict[str, str]:
+    """This process's environment without any STRATA_ setting, plus `values` as STRATA_<PREFIX>_<NAME>
+    variables (lists comma-separated): how a test starts a `strata` service as a process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    for k, v in values.items():
+        env[f"STRATA_{prefix}_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
+    return env | extra
 
 
 def make_model(path: Path) -> Path:
@@ -132,6 +147,21 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.05) ->
     raise TimeoutError("condition not met in time")
 
 
+def worker_values(address: str, token: str, name: str, data: Path, tmp_path: Path) -> dict[str, Any]:
+    """A test worker's settings as plain values (for a process: `service_env("WORKER", ...)`)."""
+    return dict(
+        coordinator=address,
+        token=token,
+        name=name,
+        data=data,
+        cache_dir=tmp_path / name,
+        device="cpu",
+        progress=False,
+        poll_seconds=2,
+        connect_timeout=30,
+    )
+
+
 def make_workers(
     address: str,
     data_dirs: list[Path],
@@ -148,18 +178,7 @@ def make_workers(
     for k, d in enumerate(data_dirs):
         name = f"org-{k + 1}"
         s = WorkerSettings.load(
-            dict(
-                coordinator=address,
-                token=(tokens or TOKENS)[k],
-                name=name,
-                data=d,
-                cache_dir=tmp_path / name,
-                device="cpu",
-                progress=False,
-                poll_seconds=2,
-                connect_timeout=30,
-            )
-            | (extra or {})
+            worker_values(address, (tokens or TOKENS)[k], name, d, tmp_path) | (extra or {})
         )
         callback = (lambda task, result, name=name: on_update(name, task, result)) if on_update else None
         workers.append(Worker(s, on_update=callback))

@@ -112,7 +112,7 @@ def send_message(message: dict[str, Any] | None, device: str) -> dict[str, Any]:
         else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
     )
     dist.broadcast(buf, src=0)
-    return json.loads(bytes(buf.cpu().tolist()).decode())  # type: ignore[no-any-return]
+    return json.loads(buf.cpu().numpy().tobytes().decode())  # type: ignore[no-any-return]
 
 
 def broadcast_weights(model: torch.nn.Module) -> None:

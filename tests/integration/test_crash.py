@@ -9,7 +9,6 @@ data folder takes over. Three in-process workers train throughout and record eve
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -23,16 +22,18 @@ import torch
 from coordinator import checkpoint
 from coordinator.storage.db import migrate
 from coordinator.storage.store import Store
-from strata import synthetic
 from strata.serde import RoundTask
 from tests.helpers import (
     TOKENS,
     ServedCoordinator,
     coordinator_settings,
+    coordinator_values,
     make_worker_data,
     make_workers,
     run_to_done,
+    service_env,
     wait_until,
+    worker_values,
 )
 from worker.trainer import TrainResult
 
@@ -54,33 +55,19 @@ POINTS = [
 def coordinator_env(
     tmp_path: Path, db: str, model: Path, listen: str, failpoint: str | None
 ) -> dict[str, str]:
-    values: dict[str, Any] = dict(
-        federation="test",
+    values = coordinator_values(
+        tmp_path,
+        db,
+        model,
         listen=listen,
         port_file=tmp_path / "port",
-        database_url=db,
-        data_dir=tmp_path / "coord",
-        model=model,
-        labels=",".join(synthetic.LABELS),
         rounds=ROUNDS,
-        min_workers=3,
-        min_updates=3,
         round_timeout=120,
-        worker_tokens=",".join(TOKENS),
-        batch_size=16,
-        learning_rate=1e-3,
-        max_seq_len=32,
-        max_steps=4,
         linger_seconds=3.0,
-        grace_seconds=1.0,
         task_poll_seconds=1.0,
         torch_threads=1,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-    env |= {f"STRATA_COORDINATOR_{k.upper()}": str(v) for k, v in values.items()}
-    if failpoint:
-        env["STRATA_FAILPOINTS"] = failpoint
-    return env
+    return service_env("COORDINATOR", values, **({"STRATA_FAILPOINTS": failpoint} if failpoint else {}))
 
 
 def start_coordinator(tmp_path: Path, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -216,21 +203,8 @@ def test_a_worker_killed_mid_upload_is_discarded_whole_and_rejoins_when_restarte
     settings = coordinator_settings(tmp_path, db, tiny_model, rounds=2, min_workers=3, min_updates=3)
     coord = ServedCoordinator(settings)
     data = make_worker_data(tmp_path / "data", 3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-    env |= {
-        f"STRATA_WORKER_{k.upper()}": str(v)
-        for k, v in dict(
-            coordinator=coord.address,
-            token=TOKENS[2],
-            name="org-3",
-            data=data[2],
-            cache_dir=tmp_path / "org-3",
-            device="cpu",
-            progress="false",
-            poll_seconds=1,
-            max_backoff=0.5,
-        ).items()
-    }
+    values = worker_values(coord.address, TOKENS[2], "org-3", data[2], tmp_path)
+    env = service_env("WORKER", values | dict(poll_seconds=1, max_backoff=0.5))
     cmd = [sys.executable, "-m", "strata.cli", "worker"]
     workers = make_workers(coord.address, data[:2], tmp_path)
     errors: list[BaseException] = []

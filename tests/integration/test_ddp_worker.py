@@ -3,7 +3,6 @@ coordinator, both train under DistributedDataParallel, and the coordinator gets 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ from tests.helpers import (
     make_worker_data,
     make_workers,
     run_to_done,
+    service_env,
+    worker_values,
 )
 
 
@@ -31,21 +32,8 @@ def test_a_torchrun_worker_with_two_processes_sends_one_update_per_round(
     plain = make_workers(coord.address, data[:1], tmp_path)
     runner = threading.Thread(target=run_to_done, args=(plain,))
     runner.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
-    env |= {
-        f"STRATA_WORKER_{k.upper()}": str(v)
-        for k, v in dict(
-            coordinator=coord.address,
-            token=TOKENS[1],
-            name="org-ddp",
-            data=data[1],
-            cache_dir=tmp_path / "org-ddp",
-            device="cpu",
-            progress="false",
-            poll_seconds=1,
-        ).items()
-    }
-    env["OMP_NUM_THREADS"] = "1"
+    values = worker_values(coord.address, TOKENS[1], "org-ddp", data[1], tmp_path) | dict(poll_seconds=1)
+    env = service_env("WORKER", values, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["-m", "strata.cli", "worker"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
