@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from strata.cli import main
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.helpers import (
@@ -45,12 +46,19 @@ def test_a_federation_over_tls(tmp_path: Path, tiny_model: Path, certs: Material
         rounds=1,
         tls_cert=certs.server.cert,
         tls_key=certs.server.key,
+        health_listen="127.0.0.1:0",
     )
     coord = ServedCoordinator(settings)
     try:
         with pytest.raises(grpc.RpcError) as err:  # plaintext to a TLS port: no handshake, no call
             join(coord.address, None)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the plaintext health port answers the container's probe, and serves nothing else
+        health = f"127.0.0.1:{coord.server.health_port}"
+        assert main(["probe", "grpc", health]) == 0
+        with pytest.raises(grpc.RpcError) as err:
+            join(health, None)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         workers = make_workers(
             coord.address, make_worker_data(tmp_path / "data", 3), tmp_path, extra={"tls_ca": certs.ca.cert}
         )

@@ -396,3 +396,11 @@ def test_readme_mentions_every_environment_variable(cls: type[StrataSettings]) -
     text = README.read_text(encoding="utf-8")
     missing = [env for _, env, _, _ in cls.documentation() if env not in text]
     assert not missing, f"README.md does not mention {', '.join(missing)}"
+
+
+def test_over_selection_without_workers_per_round_and_unknown_failure_policy_are_refused() -> None:
+    with pytest.raises(SettingsError, match="over_selection invites more than workers_per_round"):
+        CoordinatorSettings.load({"over_selection": 0.3})
+    assert CoordinatorSettings.load({"over_selection": 0.3, "workers_per_round": 10}).over_selection == 0.3
+    with pytest.raises(SettingsError, match="STRATA_COORDINATOR_ON_FAILED_ROUNDS"):
+        CoordinatorSettings.load({"on_failed_rounds": "retry-forever"})
