@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import machine, write_report
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from strata import synthetic
 from strata.data import write_examples
 from strata.modeling import make_tiny_model_dir

@@ -41,7 +41,7 @@ def serve(settings: CoordinatorSettings) -> int:
 
 def migrate(args: argparse.Namespace) -> int:
     settings = CoordinatorSettings.load({"database_url": args.database_url}, args.config)
-    from coordinator.storage.db import migrate
+    from strata.storage.db import migrate
 
     migrate(settings.database_url)
     print(f"database schema at {settings.database_url.split('@')[-1]} is up to date")

@@ -25,8 +25,7 @@ from coordinator.ingest import Received, RoundSums, Upload, evict, receive, relo
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.robust import robust_mean
 from coordinator.settings import CoordinatorSettings
-from coordinator.storage.models import FederationState, RoundState, UpdateStatus, utcnow
-from coordinator.storage.store import Store, hash_token
+from coordinator.store import Store
 from coordinator.versions import VersionFiles, read_frames, write_frames
 from strata import codec, failpoints, tensorfile
 from strata.codec import Codec
@@ -46,6 +45,8 @@ from strata.modeling import (
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.selection import block_scores
 from strata.serde import RoundTask, TrainingConfig, task_to_proto
+from strata.storage.models import FederationState, RoundState, UpdateStatus, utcnow
+from strata.storage.tokens import hash_token
 from strata.targeting import BlockOutcome, RoundPlan, Targeting
 from strata.version import model_hash
 

@@ -20,11 +20,11 @@ from coordinator.federation import FederationRunner
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import CoordinatorService
 from coordinator.settings import CoordinatorSettings
-from coordinator.storage.db import migrate
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from strata.memory import tune_malloc
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from strata.storage.db import migrate
 
 log = logging.getLogger("strata.coordinator")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name

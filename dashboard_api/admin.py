@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from coordinator.storage.models import Federation, FederationState, WorkerToken
-from coordinator.storage.store import hash_token
 from dashboard_api.schemas import ErrorOut, FederationSummary, UtcDateTime
+from strata.storage.models import Federation, FederationState, WorkerToken
+from strata.storage.tokens import hash_token
 
 FINISHED = (FederationState.COMPLETED.value, FederationState.FAILED.value, FederationState.STOPPED.value)
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"

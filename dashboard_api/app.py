@@ -18,19 +18,6 @@ from sqlalchemy import Engine, case, event, func, inspect, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.storage.db import make_engine
-from coordinator.storage.models import (
-    Evaluation,
-    Federation,
-    Round,
-    RoundBlock,
-    RoundState,
-    RoundTensor,
-    Update,
-    UpdateAlignment,
-    UpdateStatus,
-    Worker,
-)
 from dashboard_api import admin, metrics
 from dashboard_api.schemas import (
     AlignmentOut,
@@ -54,6 +41,19 @@ from dashboard_api.schemas import (
     as_utc,
 )
 from strata import __version__
+from strata.storage.db import make_engine
+from strata.storage.models import (
+    Evaluation,
+    Federation,
+    Round,
+    RoundBlock,
+    RoundState,
+    RoundTensor,
+    Update,
+    UpdateAlignment,
+    UpdateStatus,
+    Worker,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from coordinator.storage.db import migrate, normalize_url
+from strata.storage.db import migrate, normalize_url
 
 POSTGRES_URL = os.environ.get("STRATA_TEST_POSTGRES_URL", "")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.byzantine import DEFENCES, Setup, federation, make_setup
-from coordinator.storage.store import Store
+from coordinator.store import Store
 
 ROUNDS = 5
 

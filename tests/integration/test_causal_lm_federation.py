@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map

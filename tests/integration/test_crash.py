@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from coordinator import checkpoint
-from coordinator.storage.db import migrate
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from strata.serde import RoundTask
+from strata.storage.db import migrate
 from tests.helpers import (
     TOKENS,
     ServedCoordinator,

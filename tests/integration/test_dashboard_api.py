@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.storage.db import make_engine, session_factory
-from coordinator.storage.models import (
+from dashboard_api.app import SCHEMA_MISSING, create_app
+from dashboard_api.server import build_server
+from strata.storage.db import make_engine, session_factory
+from strata.storage.models import (
     Evaluation,
     Federation,
     FederationState,
@@ -29,8 +31,6 @@ from coordinator.storage.models import (
     UpdateStatus,
     Worker,
 )
-from dashboard_api.app import SCHEMA_MISSING, create_app
-from dashboard_api.server import build_server
 
 FED = "sst2-demo"
 OTHER = "other"

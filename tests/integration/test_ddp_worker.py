@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from tests.helpers import (
     TOKENS,
     ServedCoordinator,

@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from coordinator.storage.models import Round, RoundBlock, RoundTensor, Update, UpdateAlignment, Worker
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
+from strata.storage.models import Round, RoundBlock, RoundTensor, Update, UpdateAlignment, Worker
 from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data
 from tests.integration.test_federation import run_workers
 

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from coordinator import checkpoint
-from coordinator.storage.models import Federation, Round, Update
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata.serde import RoundTask
+from strata.storage.models import Federation, Round, Update
 from strata.version import model_hash
 from tests.helpers import (
     ServedCoordinator,

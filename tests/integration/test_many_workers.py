@@ -9,9 +9,9 @@ import torch
 from sqlalchemy import func, select
 
 from coordinator import checkpoint
-from coordinator.storage.models import Round, Update
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from strata.serde import RoundTask
+from strata.storage.models import Round, Update
 from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data, make_workers, run_to_done
 from worker.trainer import TrainResult
 

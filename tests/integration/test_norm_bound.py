@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from coordinator import checkpoint
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from strata import synthetic
 from strata.modeling import global_tensors, load_model
 from strata.serde import task_from_proto

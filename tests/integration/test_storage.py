@@ -9,9 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from coordinator.storage.db import make_engine, migrate
-from coordinator.storage.models import Base, RoundState, UpdateStatus
-from coordinator.storage.store import Store, hash_token
+from coordinator.store import Store
+from strata.storage.db import make_engine, migrate
+from strata.storage.models import Base, RoundState, UpdateStatus
+from strata.storage.tokens import hash_token
 
 
 def test_migrations_build_exactly_the_models_schema(empty_db_url: str) -> None:

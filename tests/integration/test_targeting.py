@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from coordinator import checkpoint
-from coordinator.storage.store import Store
+from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map

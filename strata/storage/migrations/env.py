@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from coordinator.storage.db import make_engine
-from coordinator.storage.models import Base
+from strata.storage.db import make_engine
+from strata.storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.storage.db import make_engine, session_factory
-from coordinator.storage.models import (
+from strata.storage.db import make_engine, session_factory
+from strata.storage.models import (
     Evaluation,
     Federation,
     FederationState,
@@ -26,10 +25,7 @@ from coordinator.storage.models import (
     WorkerToken,
     utcnow,
 )
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from strata.storage.tokens import hash_token
 
 
 class Store:

@@ -1,1 +1,0 @@
-"""Strata coordinator storage: table models, engines, migrations and the store."""
