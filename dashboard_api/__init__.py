@@ -1,4 +1,1 @@
-"""Strata dashboard API: a read-only REST view of federation status and round metrics.
-
-It runs as its own process on the coordinator's database and never writes to it.
-"""
+"""Strata dashboard API: REST views of federations, rounds and workers, and a few admin writes (writes.py)."""

@@ -1,4 +1,4 @@
-"""`strata dashboard`: serve the read-only REST API over the coordinator's database."""
+"""`strata dashboard`: serve the REST API (reads, and writes with the admin key) on the coordinator's database."""
 
 from __future__ import annotations
 

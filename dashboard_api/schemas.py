@@ -1,4 +1,4 @@
-"""Response models of the dashboard API, separate from the table models (routes never return ORM rows)."""
+"""Request and response models of the dashboard API, apart from the table models (routes never return rows)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 T = TypeVar("T")
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:
@@ -280,3 +281,36 @@ class Page(_Out, Generic[T]):
     total: int = Field(description="Number of items matching the query, over all pages.")
     offset: int = Field(description="Index of the first item of this page.")
     limit: int = Field(description="Largest number of items a page holds.")
+
+
+class FederationCreate(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique federation name.")
+    total_rounds: int = Field(5, ge=1, le=1_000_000, description="Rounds to run.")
+    task_kind: Literal["sequence-classification", "causal-lm"] = Field(
+        "sequence-classification", description="What the federation trains."
+    )
+    model_name: str = Field("", max_length=512, description="The base model (a path or a name), for display.")
+
+
+class TokenCreate(BaseModel):
+    label: str = Field(
+        min_length=1, max_length=128, description="Whose token this is, e.g. the organisation."
+    )
+
+
+class TokenOut(_Out):
+    id: int = Field(description="Token id (to revoke it).")
+    label: str = Field(description="Whose token this is.")
+    prefix: str = Field(description="The token's first characters, to recognise it.")
+    created_at: UtcDateTime = Field(description="When it was issued (UTC).")
+    revoked_at: UtcDateTime | None = Field(description="When it was revoked (UTC); null while valid.")
+
+
+class IssuedToken(TokenOut):
+    token: str = Field(description="The token itself: shown once, never stored (only its SHA-256 is).")
+
+
+class ControlOut(_Out):
+    name: str = Field(description="Federation name.")
+    state: str = Field(description="The federation's state as the coordinator last wrote it.")
+    desired_state: str = Field(description="What was asked: running, paused or stopped.")

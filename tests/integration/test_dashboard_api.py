@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from dashboard_api.app import SCHEMA_MISSING, create_app
+from dashboard_api.app import create_app
+from dashboard_api.routes.health import SCHEMA_MISSING
 from dashboard_api.server import build_server
 from strata.storage.db import make_engine, session_factory
 from strata.storage.models import (

@@ -1,0 +1,3 @@
+"""The dashboard's routes, one module per resource (app.py includes their routers), and the API's prefix."""
+
+API = "/api/v1"

@@ -1,0 +1,59 @@
+"""GET a round's layer-wise divergence and the block × round matrix of a federation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from dashboard_api import queries
+from dashboard_api.deps import MAX_INT, FederationDep, RoundNumber, SessionDep
+from dashboard_api.errors import NOT_FOUND, UNAVAILABLE
+from dashboard_api.routes import API
+from dashboard_api.schemas import BlockMatrix, BlockMetric, ErrorOut, RoundDivergenceOut
+
+router = APIRouter(prefix=API, responses=UNAVAILABLE)
+
+
+@router.get(
+    "/federations/{name}/rounds/{number}/divergence",
+    response_model=RoundDivergenceOut,
+    responses=NOT_FOUND,
+    summary="A round's layer-wise divergence",
+    tags=["divergence"],
+)
+def get_round_divergence(
+    federation: FederationDep,
+    session: SessionDep,
+    number: RoundNumber,
+    tensors: Annotated[bool, Query(description="Also list every tensor (per round and per worker).")] = False,
+) -> RoundDivergenceOut:
+    """How far the round's updates drifted apart, per block (and per tensor), with each worker's update
+    norm and cosine to the mean update. Empty lists for a round that did not complete."""
+    return queries.round_divergence(session, federation, number, tensors)
+
+
+@router.get(
+    "/federations/{name}/blocks",
+    response_model=BlockMatrix,
+    responses={**NOT_FOUND, 422: {"model": ErrorOut, "description": "Unknown metric or bad paging."}},
+    summary="Block × round matrix",
+    tags=["blocks"],
+)
+def get_block_matrix(
+    federation: FederationDep,
+    session: SessionDep,
+    metric: Annotated[BlockMetric, Query(description="The value to show per cell.")] = "divergence",
+    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
+    last: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Completed rounds of the range to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
+) -> BlockMatrix:
+    """Which blocks each completed round trained and applied, and a metric per block and round (the layer-wise
+    divergence by default): rows are the model's blocks in model order, columns the rounds of the range."""
+    if last is not None and last < first:
+        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    return queries.block_matrix(session, federation, metric, first, last, offset, limit)
