@@ -4,17 +4,36 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from strata import __version__
-from strata.settings import SettingsError
+from strata.settings import SettingsError, StrataSettings
 
 #: a command module exposes `register(subparsers) -> None`; its parser sets `func(args) -> int`
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 ORDER = ("coordinator", "migrate", "worker", "dashboard", "demo")
+
+
+def commands() -> dict[str, EntryPoint]:
+    """The subcommands the installed packages register, by name."""
+    return {ep.name: ep for ep in entry_points(group="strata.commands")}
+
+
+def settings_class(command: str) -> type[StrataSettings]:
+    """The settings class of the service `strata COMMAND` runs: the StrataSettings subclass in the
+    command's module whose TOML table is named COMMAND. This is how the shared core reaches a service's
+    settings (its flags, defaults and checks) without importing the service."""
+    module = importlib.import_module(commands()[command].module)
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, StrataSettings) and value.toml_table == command:
+            return value
+    raise LookupError(
+        f"the module of `strata {command}` ({module.__name__}) has no [{command}] settings class"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging level",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    found = {ep.name: ep for ep in entry_points(group="strata.commands")}
+    found = commands()
     for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
         register: Register = found[name].load()
         register(sub)

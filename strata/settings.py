@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextvars
+import json
+import math
 import tomllib
 import types
 import typing
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Collection
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -94,12 +96,20 @@ class StrataSettings(BaseSettings):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per setting, `--some-name`, with the field's description as help."""
-        prefix = cls.model_config.get("env_prefix", "")
+        """`--config` and one flag per setting."""
         parser.add_argument(
             "--config", metavar="FILE", help=f"TOML config file; settings from its [{cls.toml_table}] table"
         )
-        for name, field in cls.model_fields.items():
+        cls.add_flags(parser)
+
+    @classmethod
+    def add_flags(cls, parser: argparse._ActionsContainer, skip: Collection[str] = ()) -> list[str]:
+        """One flag per setting not in `skip`, `--some-name`, with the field's description as help; a flag
+        not given is None. Returns the names of the settings it added a flag for."""
+        prefix = cls.model_config.get("env_prefix", "")
+        names = [name for name in cls.model_fields if name not in skip]
+        for name in names:
+            field = cls.model_fields[name]
             flag = "--" + name.replace("_", "-")
             help_text = f"{field.description or ''} (env {prefix}{name.upper()}; default: {field.default!r})"
             if _is_bool(field.annotation):
@@ -108,6 +118,7 @@ class StrataSettings(BaseSettings):
                 )
             else:
                 parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+        return names
 
     @classmethod
     def add_command(
@@ -129,6 +140,15 @@ class StrataSettings(BaseSettings):
         overrides = {name: getattr(args, name, None) for name in cls.model_fields}
         return cls.load(overrides, getattr(args, "config", None))
 
+    def to_toml(self, exclude: Collection[str] = ()) -> str:
+        """These settings as the service's TOML table, which `load(config_file=...)` reads back to the same
+        values. Settings that are None and those in `exclude` are left out; a secret (SecretStr) is not
+        written: exclude it and pass it in the environment."""
+        values = self.model_dump(exclude=set(exclude), exclude_none=True)
+        return "\n".join(
+            [f"[{self.toml_table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items()), ""]
+        )
+
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str, str]]:
         """(flag, environment variable, default, description) per setting, for the README."""
@@ -142,6 +162,21 @@ class StrataSettings(BaseSettings):
             )
             for name, field in cls.model_fields.items()
         ]
+
+
+def _toml_value(v: Any) -> str:
+    """A TOML literal for a setting's value: a string, path, number, boolean or list of them."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(int(v))
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else str(v)  # inf, -inf and nan are TOML's spellings too
+    if isinstance(v, (str, PurePath)):
+        return json.dumps(str(v), ensure_ascii=False).replace("\x7f", "\\u007f")  # a JSON string is TOML
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML literal for {v!r}")
 
 
 def _is_bool(annotation: Any) -> bool:

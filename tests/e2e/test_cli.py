@@ -28,6 +28,8 @@ def test_every_subcommand_has_help(command: str) -> None:
     assert f"usage: strata {command}" in res.stdout
     if command not in ("demo", "migrate"):
         assert "--config" in res.stdout and "STRATA_" in res.stdout
+    if command == "demo":  # every coordinator setting, from the coordinator's settings class
+        assert "--aggregation" in res.stdout and "STRATA_COORDINATOR_MAX_NORM_RATIO" in res.stdout
 
 
 def test_bad_setting_gets_a_clear_message_and_exit_2() -> None:
@@ -52,6 +54,14 @@ def test_coordinator_without_model_fails_cleanly(tmp_path: Path) -> None:
         "abcdefgh12",
     )
     assert res.returncode == 1 and "model" in res.stderr
+
+
+def test_demo_refuses_a_bad_coordinator_setting_before_anything_starts(tmp_path: Path) -> None:
+    res = run("demo", "--max-norm-ratio", "-1", "--workdir", str(tmp_path / "demo"))
+    assert res.returncode == 2, res.stderr
+    assert "max_norm_ratio (--max-norm-ratio / STRATA_COORDINATOR_MAX_NORM_RATIO)" in res.stderr
+    assert "greater than or equal to 0" in res.stderr
+    assert res.stdout == "" and not (tmp_path / "demo").exists()
 
 
 @pytest.mark.e2e
@@ -81,6 +91,8 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
             "1",
             "--probe-every",
             "0",
+            "--max-norm-ratio",  # a coordinator setting the demo never names
+            "3",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -105,6 +117,8 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
         url = lines[-1].split()[5]
         status = httpx.get(f"{url}/api/v1/federations/demo", timeout=10).json()
         assert (status["state"], status["model_version"], status["current_round"]) == ("completed", 2, 2)
+        config = status["config"]  # as the coordinator process recorded it
+        assert (config["max_norm_ratio"], config["round_timeout"], config["min_updates"]) == (3.0, 600.0, 2)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         assert proc.returncode == 0
@@ -113,6 +127,8 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
             proc.kill()
             proc.wait()
     assert (tmp_path / "demo" / "strata.db").is_file()
+    started_with = (tmp_path / "demo" / "config" / "coordinator.toml").read_text()
+    assert "max_norm_ratio = 3.0" in started_with and "worker_tokens" not in started_with
 
 
 def test_coordinator_shuts_down_gracefully_on_sigterm(tmp_path: Path, tiny_model: Path) -> None:

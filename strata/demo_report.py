@@ -1,0 +1,56 @@
+"""What `strata demo` prints: a line per finished round and the final table, from the REST API's rounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _mb(n: Any) -> str:
+    return f"{(int(n or 0)) / 1e6:.2f} MB"
+
+
+def _ratio(v: Any) -> str:
+    return f"{v:.1f}x" if isinstance(v, (int, float)) else "–"
+
+
+def round_line(r: dict[str, Any], total: int) -> str:
+    if r["state"] == "failed":
+        return f"round {r['number']}: FAILED: {r.get('error')}"
+    acc, loss = r.get("test_accuracy"), r.get("test_loss")
+    head = f"round {r['number']}/{total}  " + (
+        f"test acc {acc:.4f}  test loss {loss:.4f}  " if acc is not None else ""
+    )
+    return (
+        head + f"train loss {r.get('train_loss') or 0:.4f}  "
+        f"up {_mb(r['bytes_up'])} ({_ratio(r.get('up_ratio'))} < fp32)  "
+        f"down {_mb(r['bytes_down'])} ({_ratio(r.get('down_ratio'))} < fp32)  "
+        f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
+        + (f"  blocks {short_blocks(r['blocks'])}" if r.get("blocks") else "")
+    )
+
+
+def short_blocks(blocks: list[str]) -> str:
+    """embeddings, layer.3, pooler, head -> E,L3,P,H"""
+    names = {"embeddings": "E", "pooler": "P", "head": "H"}
+    return ",".join(names.get(b, b.replace("layer.", "L")) for b in blocks)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """The final table as markdown: round, test accuracy, loss, bytes up and down (and their ratio to
+    fp32), seconds."""
+    out = [
+        "| round | state | test accuracy | test loss | train loss | bytes up | up ratio | bytes down | down ratio | seconds |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+
+        def f(key: str, fmt: str = ".4f", row: dict[str, Any] = r) -> str:
+            v = row.get(key)
+            return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+        out.append(
+            f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
+            f"{int(r['bytes_up'] or 0):,} | {_ratio(r.get('up_ratio'))} | {int(r['bytes_down'] or 0):,} | "
+            f"{_ratio(r.get('down_ratio'))} | {f('duration_seconds', '.1f')} |"
+        )
+    return "\n".join(out)
