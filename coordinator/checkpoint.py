@@ -1,4 +1,5 @@
-"""Global model versions on disk as safetensors (atomic writes), and the server's error-feedback residual."""
+"""Global model versions on disk as safetensors (atomic writes), with the server's error-feedback residual
+and the server optimizer's state of each version."""
 
 from __future__ import annotations
 
@@ -34,11 +35,17 @@ def residual_path(directory: Path, version: int) -> Path:
     return directory / f"server-residual-v{version:06d}.safetensors"
 
 
-def prune_residuals(directory: Path, keep: int) -> None:
-    """Remove the server residuals of every version but `keep`."""
-    for p in directory.glob("server-residual-v*.safetensors"):
-        if int(p.stem.rsplit("-v", 1)[1]) != keep:
-            p.unlink(missing_ok=True)
+def optimizer_path(directory: Path, version: int) -> Path:
+    """The server optimizer's state (m, v per tensor) that produced `version`."""
+    return directory / f"optimizer-v{version:06d}.safetensors"
+
+
+def prune_state(directory: Path, keep: int) -> None:
+    """Remove the server residuals and optimizer states of every version but `keep` (after its commit)."""
+    for pattern in ("server-residual-v*.safetensors", "optimizer-v*.safetensors"):
+        for p in directory.glob(pattern):
+            if int(p.stem.rsplit("-v", 1)[1]) != keep:
+                p.unlink(missing_ok=True)
 
 
 def discard_after(directory: Path, version: int) -> int:
@@ -48,7 +55,7 @@ def discard_after(directory: Path, version: int) -> int:
     for p in directory.glob("*"):
         digits = p.stem.rsplit("v", 1)[-1]
         newer = p.suffix == ".safetensors" and digits.isdigit() and int(digits) > version
-        if newer or p.name.endswith(".tmp"):
+        if newer or p.name.endswith((".tmp", ".partial")):
             p.unlink(missing_ok=True)
             gone += 1
     return gone

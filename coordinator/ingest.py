@@ -1,13 +1,17 @@
-"""Streaming aggregation: each update is decoded block by block as it arrives and added, weighted by its
-samples, into one float32 buffer per tensor, while its chunks are spooled to disk. An update that
-turns out bad midway is taken out again by replaying its spooled blocks, so it is dropped whole and
-memory never holds more than the sums and one block per upload in flight.
+"""Streaming ingest: each update is decoded block by block as it arrives and added, weighted by its samples,
+into one float32 buffer per tensor, while its chunks are spooled to disk. An update that turns out bad
+midway is taken out again by replaying its spooled blocks, so it is dropped whole and memory never holds
+more than the sums and one block per upload in flight.
+
+`FrameStream.take` is the one routine that feeds an update's chunks to a frame assembler: the upload
+path, the restart's reload, the close pass and every rollback go through it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from coordinator import spool
 from strata import failpoints
 from strata.aggregate import FedAvgAccumulator
 from strata.errors import FailedPrecondition, InvalidInput
-from strata.frames import Expected, FrameAssembler
+from strata.frames import BlockSink, Expected, FrameAssembler
 from strata.proto.v1 import coordinator_pb2 as pb
 
 
@@ -50,6 +54,48 @@ class RoundSums(FedAvgAccumulator):
             )
 
 
+class FrameStream:
+    """Feeds the chunks of one update (after its header) to a FrameAssembler and checks the stream's shape:
+    tensors in ascending order of name (the close pass reads spooled updates in lockstep by name), an end
+    marker that counts them, at least one tensor."""
+
+    def __init__(self, asm: FrameAssembler, check_name: Callable[[str], None] | None = None) -> None:
+        self.asm = asm
+        self.check_name = check_name
+        self.names: list[str] = []  # the tensors completed so far, in order
+        self._last = ""
+
+    def take(self, chunk: pb.UpdateChunk) -> bool:
+        """One chunk into the assembler (so its blocks reach `on_block`); True at a valid end marker."""
+        part = chunk.WhichOneof("part")
+        if part == "tensor":
+            name = chunk.tensor.name
+            if self.check_name is not None:
+                self.check_name(name)
+            if self._last and name <= self._last:
+                raise InvalidInput(
+                    f"{name} arrives after {self._last}: send tensors in ascending order of name"
+                )
+            self._last = name
+            done = self.asm.tensor(chunk.tensor)
+        elif part == "data":
+            done = self.asm.data(chunk.data)
+        elif part == "end":
+            self.asm.finish()
+            if chunk.end.num_tensors != len(self.names):
+                raise InvalidInput(
+                    f"end marker counts {chunk.end.num_tensors} tensors, {len(self.names)} arrived"
+                )
+            if not self.names:
+                raise InvalidInput("the update carries no tensor")
+            return True  # a subset is fine: each tensor is averaged over the updates that carry it
+        else:
+            raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
+        if done is not None:
+            self.names.append(done[0])
+        return False
+
+
 @dataclass
 class Received:
     names: set[str]
@@ -57,6 +103,11 @@ class Received:
     raw_bytes: int
     norm: float
     sq: dict[str, float]  # squared norm per tensor
+
+    @classmethod
+    def of(cls, stream: FrameStream) -> Received:
+        a = stream.asm
+        return cls(set(stream.names), a.payload_bytes, a.raw_bytes, math.sqrt(a.sq), dict(a.tensor_sq))
 
 
 @dataclass
@@ -85,7 +136,8 @@ def evict(upload: Upload, sums: RoundSums) -> None:
 
 
 async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload: Upload) -> Received:
-    """Decode, validate and accumulate one update's frames; on any failure, take them out again."""
+    """Decode, validate and accumulate one update's frames while spooling them; on any failure, take
+    them out again."""
 
     def add(name: str, start: int, values: torch.Tensor) -> None:
         if upload.evicted:
@@ -93,52 +145,52 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
         sums.add(name, start, values, float(upload.num_samples))
         upload.added += 1
 
-    asm = FrameAssembler(sums.expected, on_block=add)
+    stream = FrameStream(FrameAssembler(sums.expected, on_block=add), sums.check_name)
     try:
-        names = await _consume(chunks, asm, upload.writer, sums)
+        started = False
+        async for chunk in chunks:
+            upload.writer.write(chunk)
+            if stream.take(chunk):
+                break
+            if not started and chunk.WhichOneof("part") == "data":
+                started = True
+                failpoints.hit("coordinator.push.receiving")  # once per upload: its first piece is in
+        else:
+            raise InvalidInput("the stream ended before the end marker")
     except BaseException:
         undo(upload, sums)
         raise
     if upload.evicted:
         raise FailedPrecondition("the round closed while this update was uploading")
-    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq), asm.tensor_sq)
+    return Received.of(stream)
 
 
-async def _consume(
-    chunks: AsyncIterator[pb.UpdateChunk], asm: FrameAssembler, writer: spool.SpoolWriter, sums: RoundSums
-) -> set[str]:
-    names: set[str] = set()
-    started = False
-    async for chunk in chunks:
-        writer.write(chunk)
-        if _take(chunk, asm, sums, names):
-            return names
-        if not started and chunk.WhichOneof("part") == "data":
-            started = True
-            failpoints.hit("coordinator.push.receiving")  # once per upload: its first piece is in
-    raise InvalidInput("the stream ended before the end marker")
-
-
-def _take(chunk: pb.UpdateChunk, asm: FrameAssembler, sums: RoundSums, names: set[str]) -> bool:
-    """One chunk after the update's header, into `asm` (and so the sums); True at the end marker."""
-    part = chunk.WhichOneof("part")
-    if part == "tensor":
-        sums.check_name(chunk.tensor.name)
-        done = asm.tensor(chunk.tensor)
-    elif part == "data":
-        done = asm.data(chunk.data)
-    elif part == "end":
-        asm.finish()
-        if chunk.end.num_tensors != len(names):
-            raise InvalidInput(f"end marker counts {chunk.end.num_tensors} tensors, {len(names)} arrived")
-        if not names:
-            raise InvalidInput("the update carries no tensor")
-        return True  # a subset is fine: each tensor is averaged over the updates that carry it
-    else:
-        raise InvalidInput(f"unexpected {part or 'empty'} part inside an update")
-    if done is not None:
-        names.add(done[0])
-    return False
+def replay(
+    path: Path,
+    expected: dict[str, Expected],
+    on_block: BlockSink,
+    check_name: Callable[[str], None] | None = None,
+    partial: bool = False,
+) -> FrameStream:
+    """Feed every block of a spooled update to `on_block` again, with the checks it passed on arrival.
+    A complete file must end with its end marker; with `partial`, the file of an upload cut off midway,
+    replay stops quietly where the stream stops making sense."""
+    stream = FrameStream(FrameAssembler(expected, on_block=on_block), check_name)
+    try:
+        for i, chunk in enumerate(spool.read(path)):
+            if i == 0 and chunk.WhichOneof("part") == "header":
+                continue
+            if i == 0 and not partial:
+                raise InvalidInput(f"{path.name} does not start with an update header")
+            if stream.take(chunk):
+                return stream
+    except InvalidInput:
+        if not partial:
+            raise
+        return stream  # the part that was refused: everything before it has been replayed
+    if not partial:
+        raise InvalidInput(f"{path.name} ends before the end marker")
+    return stream
 
 
 def reload(path: Path, sums: RoundSums, num_samples: int) -> Received:
@@ -152,47 +204,12 @@ def reload(path: Path, sums: RoundSums, num_samples: int) -> Received:
         sums.add(name, start, values, float(num_samples))
         added += 1
 
-    asm = FrameAssembler(sums.expected, on_block=add)
-    names: set[str] = set()
     try:
-        chunks = spool.read(path)
-        first = next(chunks, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidInput(f"{path.name} does not start with an update header")
-        if not any(_take(chunk, asm, sums, names) for chunk in chunks):
-            raise InvalidInput(f"{path.name} ends before the end marker")
+        stream = replay(path, sums.expected, add, sums.check_name)
     except BaseException:
         rollback(path, sums, num_samples, added)
         raise
-    return Received(names, asm.payload_bytes, asm.raw_bytes, math.sqrt(asm.sq), asm.tensor_sq)
-
-
-def remove(path: Path, sums: RoundSums, num_samples: int) -> None:
-    """Subtract every block of a complete spooled update (one refused after it was accepted)."""
-
-    def subtract(name: str, start: int, values: torch.Tensor) -> None:
-        sums.add(name, start, values, -float(num_samples))
-
-    replay(path, FrameAssembler(sums.expected, on_block=subtract))
-
-
-def feed(path: Path, asm: FrameAssembler) -> Iterator[None]:
-    """Feed the frames of a complete spooled update to `asm` (its on_block sees each block again), pausing
-    after each chunk so a caller can take the blocks as they come."""
-    for chunk in spool.read(path):
-        part = chunk.WhichOneof("part")
-        if part == "tensor":
-            asm.tensor(chunk.tensor)
-        elif part == "data":
-            asm.data(chunk.data)
-        yield
-    asm.finish()
-
-
-def replay(path: Path, asm: FrameAssembler) -> None:
-    """Feed every frame of a complete spooled update to `asm` at once."""
-    for _ in feed(path, asm):
-        pass
+    return Received.of(stream)
 
 
 def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None:
@@ -207,17 +224,26 @@ def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None
             sums.add(name, start, values, -float(num_samples))
             left -= 1
 
-    asm = FrameAssembler(sums.expected, on_block=subtract)
-    for chunk in spool.read(path):
-        if left == 0:
-            break
-        part = chunk.WhichOneof("part")
-        try:
-            if part == "tensor":
-                asm.tensor(chunk.tensor)
-            elif part == "data":
-                asm.data(chunk.data)
-        except InvalidInput:
-            break  # the part that was refused: everything before it has been replayed
+    replay(path, sums.expected, subtract, partial=True)
     if left:
         raise RuntimeError(f"could not replay {left} block(s) from {path} to undo a rejected update")
+
+
+def blocks_of(path: Path, expected: dict[str, Expected]) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(tensor name, start, decoded values) of each block of a complete spooled update, in order, lazily:
+    the close pass reads many updates side by side this way."""
+    ready: deque[tuple[str, int, torch.Tensor]] = deque()
+    stream = FrameStream(
+        FrameAssembler(expected, on_block=lambda name, start, values: ready.append((name, start, values)))
+    )
+    chunks = spool.read(path)
+    first = next(chunks, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidInput(f"{path.name} does not start with an update header")
+    for chunk in chunks:
+        end = stream.take(chunk)
+        while ready:
+            yield ready.popleft()
+        if end:
+            return
+    raise InvalidInput(f"{path.name} ends before the end marker")

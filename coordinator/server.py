@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-from pathlib import Path
 
 import grpc
 import torch
@@ -16,11 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import AuthInterceptor
-from coordinator.federation import FederationRunner
+from coordinator.federation import Federation
 from coordinator.ratelimit import RateLimiter
 from coordinator.service import CoordinatorService
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
+from strata import atomic
 from strata.memory import tune_malloc
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -47,7 +46,7 @@ class CoordinatorServer:
             torch.set_num_threads(settings.torch_threads)
         migrate(settings.database_url)
         self.store = Store(settings.database_url)
-        self.runner = FederationRunner(settings, self.store)
+        self.runner = Federation(settings, self.store)
         self.runner.setup()
         self.port = 0
         self.metrics_port = 0
@@ -102,7 +101,7 @@ class CoordinatorServer:
         if self.settings.metrics_listen:
             self.metrics_port = self.runner.metrics.serve(self.settings.metrics_listen)
         if self.settings.port_file is not None:
-            _write_atomic(self.settings.port_file, f"{self.port}\n")
+            atomic.write_text(self.settings.port_file, f"{self.port}\n")
         log.info("coordinator for federation %s listening on port %d", self.settings.federation, self.port)
         return self.port
 
@@ -142,13 +141,6 @@ class CoordinatorServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await rounds
             await self.stop()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run(settings: CoordinatorSettings) -> None:

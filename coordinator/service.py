@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coordinator.auth import bearer_token
-from coordinator.federation import FederationRunner, Session
+from coordinator.federation import Federation
+from coordinator.sessions import Session
 from strata.errors import InvalidInput, Unauthenticated
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -21,14 +22,14 @@ def _token(context: grpc.aio.ServicerContext) -> str:
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, runner: FederationRunner) -> None:
+    def __init__(self, runner: Federation) -> None:
         self.runner = runner
 
     def _session(self, worker_id: str, context: grpc.aio.ServicerContext) -> Session:
         return self.runner.session(worker_id, _token(context))
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
-        return self.runner.join(request, _token(context))
+        return await self.runner.join(request, _token(context))
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         sess = self._session(request.worker_id, context)
@@ -56,5 +57,5 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext
     ) -> pb.MetricsAck:
         sess = self._session(request.worker_id, context)
-        self.runner.report(sess, request)
+        await self.runner.report(sess, request)
         return pb.MetricsAck()

@@ -9,7 +9,10 @@ from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_val
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from strata.names import ENCODINGS, TASKS
+from strata.optimizers import NAMES as OPTIMIZERS
+from strata.optimizers import ServerOptimizer
 from strata.selection import POLICIES
+from strata.serde import TrainingConfig
 from strata.settings import StrataSettings
 from strata.targeting import SCHEDULES, TargetingConfig
 
@@ -20,7 +23,49 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "down_encoding": ENCODINGS,
     "policy": POLICIES,
     "schedule": SCHEDULES,
+    "server_optimizer": OPTIMIZERS,
 }
+
+#: the settings that define a federation's behaviour, recorded with it (and shown by the dashboard)
+RECORDED = (
+    "task",
+    "rounds",
+    "min_workers",
+    "workers_per_round",
+    "min_updates",
+    "over_selection",
+    "round_timeout",
+    "local_epochs",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "max_seq_len",
+    "prox_mu",
+    "encoding",
+    "topk_fraction",
+    "downstream",
+    "down_encoding",
+    "history",
+    "divergence",
+    "aggregation",
+    "trim_fraction",
+    "server_optimizer",
+    "server_lr",
+    "server_momentum",
+    "server_beta1",
+    "server_beta2",
+    "server_tau",
+    "max_update_norm",
+    "max_norm_ratio",
+    "policy",
+    "blocks",
+    "block_budget",
+    "refresh_every",
+    "schedule",
+    "probe_every",
+    "seed",
+)
 
 
 class CoordinatorSettings(StrataSettings):
@@ -46,6 +91,27 @@ class CoordinatorSettings(StrataSettings):
         pattern="^(mean|median|trimmed-mean)$",
         description="mean (sample-weighted FedAvg), median or trimmed-mean (coordinate-wise, unweighted, computed "
         "window by window from the spooled updates: robust to a minority of poisoned updates)",
+    )
+    server_optimizer: str = Field(
+        "fedavg",
+        description="Server optimizer applied to each round's aggregate as a pseudo-gradient (docs/methods.md "
+        "section 7): fedavg, fedavgm (server momentum), fedadagrad, fedyogi or fedadam",
+    )
+    server_lr: float = Field(
+        1.0,
+        gt=0,
+        description="Server learning rate η (fedavg with 1.0 is plain FedAvg; adaptive ones want 1e-2..1e-1)",
+    )
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm: server momentum β")
+    server_beta1: float = Field(
+        0.9, ge=0, lt=1, description="fedadagrad, fedyogi, fedadam: first-moment decay β1"
+    )
+    server_beta2: float = Field(0.99, ge=0, lt=1, description="fedyogi, fedadam: second-moment decay β2")
+    server_tau: float = Field(
+        1e-3, gt=0, description="fedadagrad, fedyogi, fedadam: adaptivity τ (added to √v)"
+    )
+    prox_mu: float = Field(
+        0.0, ge=0, description="FedProx: workers add μ/2·‖θ − θ_t‖² over the tensors they train (0: off)"
     )
     trim_fraction: float = Field(
         0.1, ge=0, lt=0.5, description="trimmed-mean: share of updates dropped at each end, per coordinate"
@@ -242,6 +308,32 @@ class CoordinatorSettings(StrataSettings):
             seed=self.seed,
         )
 
+    def server_optimizer_config(self) -> ServerOptimizer:
+        return ServerOptimizer(
+            self.server_optimizer,
+            lr=self.server_lr,
+            momentum=self.server_momentum,
+            beta1=self.server_beta1,
+            beta2=self.server_beta2,
+            tau=self.server_tau,
+        )
+
+    def training(self) -> TrainingConfig:
+        """What workers do with their data each round, as tasks carry it."""
+        return TrainingConfig(
+            local_epochs=self.local_epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            max_seq_len=self.max_seq_len,
+            seed=self.seed,
+        )
+
+    def record(self) -> dict[str, object]:
+        """The settings recorded with the federation."""
+        return {k: getattr(self, k) for k in RECORDED}
+
     @field_validator("worker_tokens")
     @classmethod
     def _check_tokens(cls, v: list[str]) -> list[str]:
@@ -271,6 +363,10 @@ class CoordinatorSettings(StrataSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: {path} is not a file")
+        try:
+            self.server_optimizer_config()
+        except ValueError as exc:
+            raise ValueError(f"{exc} (see --server-optimizer, --server-lr)") from None
         try:
             self.targeting().check()
         except ValueError as exc:

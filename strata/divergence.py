@@ -1,4 +1,4 @@
-"""Layer-wise divergence (methods.md section 1), as pure functions of per-tensor sums.
+"""Layer-wise divergence (docs/methods.md section 1), as pure functions of per-tensor sums.
 
 For a tensor (or a block: sums over its tensors) and updates Δ_k with FedAvg weights p_k:
 

@@ -1,4 +1,4 @@
-"""Which blocks train in a round: the block scores of methods.md section 2 and the selection rule,
+"""Which blocks train in a round: the block scores of docs/methods.md section 2 and the selection rule,
 as pure functions (the coordinator's policies call them; S3 wires them into rounds).
 
 Policies: `full` (every block), `random` (k random blocks: FedTLU's baseline), `fedtlu` (the paper's
@@ -34,7 +34,7 @@ class Moments:
 def fedtlu_tensor(m: Moments) -> float:
     """S_i = ‖ΔW_i‖₂ / (√n_i · std(ΔW_i)) of one tensor, from its moments (std over its own entries).
 
-    As methods.md notes, this is sqrt(1 + mean²/var). A tensor with one entry or zero spread scores 0
+    As docs/methods.md notes, this is sqrt(1 + mean²/var). A tensor with one entry or zero spread scores 0
     (the formula is undefined there).
     """
     if m.n < 2:

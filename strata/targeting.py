@@ -1,5 +1,5 @@
 """Targeted layer updates across rounds: which blocks a round trains, which it applies, and what the
-federation learns about every block along the way (methods.md section 2).
+federation learns about every block along the way (docs/methods.md section 2).
 
 `TargetingConfig` is a federation's choice (policy, k or byte budget, refresh bound, scheduling mode)
 and checks itself against the model's block map. `Targeting` holds the state between rounds (the last

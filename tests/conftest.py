@@ -64,6 +64,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
 
 
 @pytest.fixture(scope="session")
+def three_layer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-layer BERT classifier: enough blocks for targeted layers to train a subset."""
+    from strata import synthetic
+    from strata.modeling import make_tiny_model_dir
+
+    train, _ = synthetic.generate_splits(400, 10, seed=1)
+    return make_tiny_model_dir(
+        tmp_path_factory.mktemp("model3"),
+        [e.text for e in train],
+        synthetic.LABELS,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=2,
+        vocab_size=600,
+        max_len=32,
+    )
+
+
+@pytest.fixture(scope="session")
 def federation_db(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
     """The SQLite database of a finished real federation "demo": 3 workers, 4 rounds, policy agreement with
     k = 1, so it holds targeted blocks, scores and layer-wise divergence."""

@@ -183,7 +183,7 @@ class RoundBlock(Base):
     relative: Mapped[float | None] = mapped_column(Float, nullable=True)
     consensus: Mapped[float | None] = mapped_column(Float, nullable=True)
     num_elements: Mapped[int] = mapped_column(BigInteger, default=0)
-    # layer-wise divergence of the block's updates (methods.md section 1); null below two updates
+    # layer-wise divergence of the block's updates (docs/methods.md section 1); null below two updates
     energy: Mapped[float | None] = mapped_column(Float, nullable=True)
     spread: Mapped[float | None] = mapped_column(Float, nullable=True)
     divergence: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -126,7 +126,9 @@ def test_issued_tokens_pause_resume_revoke_and_stop_reach_the_coordinator(
             assert c1.push(update_chunks(c1.id, task, result(zero))).accepted
 
             assert api.post(f"{API}/federations/adm/stop", headers=h).json()["desired_state"] == "stopped"
-            wait_until(lambda: coord.server.runner.desired == "stopped", 10)  # the coordinator has read it
+            wait_until(
+                lambda: coord.server.runner.control.desired == "stopped", 10
+            )  # the coordinator has read it
             # a round that opened before the stop still finishes; then the workers hear DONE
             for _ in range(30):
                 msg = c1.stub.GetTask(pb.TaskRequest(worker_id=c1.id, wait_seconds=1), metadata=c1.md)

@@ -1,6 +1,10 @@
 """kill -9 the coordinator process at each point where a crash could hurt, restart it, and check that the
 federation finishes with nothing lost and nothing applied twice, the workers carrying on by themselves.
 
+The federations run the stateful server optimizer fedadam, so every version must also carry the
+optimizer state (m, v) of the versions before it, restored after the restart: each version must be
+exactly what an uninterrupted run computes from the same updates (docs/methods.md section 7).
+
 The coordinator runs as a real `strata coordinator` process. A failpoint (strata.failpoints) makes it
 SIGKILL itself at one exact instant of round 2 of 3; a second process on the same port, database and
 data folder takes over. Three in-process workers train throughout and record every update they send.
@@ -21,6 +25,8 @@ import torch
 
 from coordinator import checkpoint
 from coordinator.store import Store
+from strata import optimizers, tensorfile
+from strata.optimizers import ServerOptimizer
 from strata.serde import RoundTask
 from strata.storage.db import migrate
 from tests.helpers import (
@@ -38,6 +44,7 @@ from tests.helpers import (
 from worker.trainer import TrainResult
 
 ROUNDS = 3
+SERVER_LR = 0.05
 
 # (failpoint, what the kill interrupts); every one of them fires in round 2
 POINTS = [
@@ -53,7 +60,7 @@ POINTS = [
 
 
 def coordinator_env(
-    tmp_path: Path, db: str, model: Path, listen: str, failpoint: str | None
+    tmp_path: Path, db: str, model: Path, listen: str, failpoint: str | None, optimizer: str
 ) -> dict[str, str]:
     values = coordinator_values(
         tmp_path,
@@ -66,6 +73,8 @@ def coordinator_env(
         linger_seconds=3.0,
         task_poll_seconds=1.0,
         torch_threads=1,
+        server_optimizer=optimizer,
+        server_lr=SERVER_LR if optimizer != "fedavg" else 1.0,
     )
     return service_env("COORDINATOR", values, **({"STRATA_FAILPOINTS": failpoint} if failpoint else {}))
 
@@ -99,7 +108,15 @@ def test_kill_9_then_restart_loses_nothing_and_applies_nothing_twice(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     migrate(db)
-    crash_and_restart(tmp_path, db, tiny_model, failpoint, caplog)
+    crash_and_restart(tmp_path, db, tiny_model, failpoint, caplog, "fedadam")
+
+
+def test_kill_9_mid_aggregation_with_plain_fedavg(
+    tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = f"sqlite:///{tmp_path / 'crash.db'}"
+    migrate(db)
+    crash_and_restart(tmp_path, db, tiny_model, "coordinator.aggregate.applying@2", caplog, "fedavg")
 
 
 @pytest.mark.postgres
@@ -109,15 +126,22 @@ def test_kill_9_then_restart_on_postgresql(
 ) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("the SQLite runs are above")
-    crash_and_restart(tmp_path, db_url, tiny_model, failpoint, caplog)
+    crash_and_restart(tmp_path, db_url, tiny_model, failpoint, caplog, "fedadam")
 
 
 def crash_and_restart(
-    tmp_path: Path, db: str, tiny_model: Path, failpoint: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    db: str,
+    tiny_model: Path,
+    failpoint: str,
+    caplog: pytest.LogCaptureFixture,
+    optimizer: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="strata.worker")
     first = start_coordinator(
-        tmp_path, coordinator_env(tmp_path, db, tiny_model, "127.0.0.1:0", failpoint), "coordinator-1.log"
+        tmp_path,
+        coordinator_env(tmp_path, db, tiny_model, "127.0.0.1:0", failpoint, optimizer),
+        "coordinator-1.log",
     )
     port = wait_for_port(tmp_path, first)
 
@@ -139,7 +163,7 @@ def crash_and_restart(
         before = accepted(store)  # what the database held at the instant of the kill
         second = start_coordinator(
             tmp_path,
-            coordinator_env(tmp_path, db, tiny_model, f"127.0.0.1:{port}", None),
+            coordinator_env(tmp_path, db, tiny_model, f"127.0.0.1:{port}", None, optimizer),
             "coordinator-2.log",
         )
         assert second.wait(240) == 0, (tmp_path / "coordinator-2.log").read_text()[-3000:]
@@ -171,18 +195,29 @@ def crash_and_restart(
         assert ups <= after[number]
     for number, ups in after.items():  # every worker counted once per round
         assert sorted(name for _, name in ups) == ["org-1", "org-2", "org-3"], (number, ups)
-    # each worker trained once per round; each version is exactly the weighted mean of what was sent
+    # each worker trained once per round; each version is exactly the server optimizer's step on the
+    # weighted mean of what was sent, with the optimizer state of every round before it
     for name, items in sent.items():
         assert sorted(task.round for task, _ in items) == list(range(1, ROUNDS + 1)), name
     ckpt = tmp_path / "coord" / "checkpoints" / "test"
     versions = [checkpoint.load(ckpt, v) for v in range(ROUNDS + 1)]
+    opt = ServerOptimizer(optimizer, lr=SERVER_LR if optimizer != "fedavg" else 1.0)
+    state: dict[str, dict[str, torch.Tensor]] = {}
     for rnd in range(1, ROUNDS + 1):
         updates = [next(res for task, res in sent[name] if task.round == rnd) for name in sorted(sent)]
         total = sum(u.num_samples for u in updates)
         base, new = versions[rnd - 1], versions[rnd]
         for tensor in base:
             mean = sum(u.delta[tensor].double() * u.num_samples for u in updates) / total
-            torch.testing.assert_close(new[tensor].double(), base[tensor].double() + mean, atol=2e-6, rtol=0)
+            step, state[tensor] = optimizers.step(opt, mean.float(), state.get(tensor))
+            torch.testing.assert_close(
+                new[tensor].double(), base[tensor].double() + step.double(), atol=1e-5, rtol=0
+            )
+    if optimizer != "fedavg":  # the last version's state is on disk, the older ones pruned
+        saved = optimizers.unflatten_state(tensorfile.load(checkpoint.optimizer_path(ckpt, ROUNDS)))
+        for tensor, parts in state.items():
+            torch.testing.assert_close(saved[tensor]["m"], parts["m"], atol=1e-5, rtol=1e-4)
+        assert [p.name for p in ckpt.glob("optimizer-v*")] == [checkpoint.optimizer_path(ckpt, ROUNDS).name]
     # nothing half-written is left behind
     leftovers = [p for p in (tmp_path / "coord").rglob("*") if p.name.endswith((".tmp", ".partial"))]
     assert not leftovers

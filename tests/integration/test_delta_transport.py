@@ -82,9 +82,9 @@ def test_a_worker_too_far_behind_gets_a_snapshot_and_one_close_behind_gets_updat
             task = task_from_proto(c.task())
             c.push(update_chunks(c.id, task, result({n: torch.full_like(t, 0.01) for n, t in v0.items()})))
             deadline = time.monotonic() + 30
-            while coord.server.runner.version < task.model_version + 1 and time.monotonic() < deadline:
+            while coord.server.runner.gm.version < task.model_version + 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            hashes.append(coord.server.runner.hash)
+            hashes.append(coord.server.runner.gm.hash)
 
         def kind(have: int, have_hash: str) -> int:
             chunks = c.stub.PullModel(

@@ -142,8 +142,8 @@ def test_a_restarted_coordinator_resumes_from_its_last_version(tmp_path: Path, t
 
     again = coordinator_settings(tmp_path, db, tiny_model, rounds=2, min_workers=2, min_updates=2)
     coord = ServedCoordinator(again)
-    assert coord.server.runner.version == 1
-    assert coord.server.runner.hash == model_hash(v1)
+    assert coord.server.runner.gm.version == 1
+    assert coord.server.runner.gm.hash == model_hash(v1)
     run_workers(coord.address, data, tmp_path)
     coord.wait()
     store = Store(db)

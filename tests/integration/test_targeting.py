@@ -15,7 +15,7 @@ from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map
-from strata.modeling import global_tensors, load_model, make_tiny_model_dir
+from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_from_proto
 from strata.targeting import Targeting
@@ -24,21 +24,6 @@ from tests.helpers import run_to_done as run_all
 from tests.integration.test_bad_input import Client, result
 from worker.runner import update_chunks
 from worker.trainer import TrainResult
-
-
-@pytest.fixture(scope="module")
-def three_layer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train, _ = synthetic.generate_splits(400, 10, seed=1)
-    return make_tiny_model_dir(
-        tmp_path_factory.mktemp("model3"),
-        [e.text for e in train],
-        synthetic.LABELS,
-        hidden_size=32,
-        num_layers=3,
-        num_heads=2,
-        vocab_size=600,
-        max_len=32,
-    )
 
 
 def run(address: str, tmp_path: Path) -> dict[str, list[tuple[RoundTask, TrainResult]]]:

@@ -1,0 +1,130 @@
+"""Starting a federation, or resuming one after a stop or a crash: the version the database records,
+its checkpoint, residual and optimizer state; what a crash left half-written deleted; the round it
+left open reopened with every update it had accepted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from coordinator import checkpoint, spool
+from coordinator.global_model import GlobalModel
+from coordinator.ingest import reload
+from coordinator.round import Round
+from coordinator.store import Store
+from coordinator.versions import VersionFiles
+from strata import optimizers, tensorfile
+from strata.errors import StrataError
+from strata.modeling import global_tensors, load_tensors
+from strata.optimizers import ServerOptimizer
+from strata.storage.models import Federation, RoundState, UpdateStatus
+from strata.targeting import RoundPlan
+from strata.version import model_hash
+
+log = logging.getLogger("strata.coordinator")
+
+
+def resume_version(fed: Federation, gm: GlobalModel, ckpt_dir: Path, name: str) -> None:
+    """Load the version the database records into `gm` (or checkpoint version 0 of a new federation)."""
+    if fed.model_version > 0 or checkpoint.exists(ckpt_dir, 0):
+        version = fed.model_version
+        if not checkpoint.exists(ckpt_dir, version):
+            raise RuntimeError(
+                f"the database says version {version} but {checkpoint.path_of(ckpt_dir, version)} is missing"
+            )
+        load_tensors(gm.model, checkpoint.load(ckpt_dir, version))
+        h = model_hash(global_tensors(gm.model))
+        if fed.model_hash and h != fed.model_hash:
+            raise RuntimeError(f"checkpoint v{version} does not match the hash recorded in the database")
+        log.info("resuming federation %s at version %d", name, version)
+    else:
+        version, h = 0, model_hash(global_tensors(gm.model))
+        checkpoint.save(ckpt_dir, 0, global_tensors(gm.model), h)
+    gm.version, gm.hash = version, h
+
+
+def restore_state(
+    store: Store, fed_id: int, gm: GlobalModel, ckpt_dir: Path, versions: VersionFiles, opt: ServerOptimizer
+) -> None:
+    """The hashes of every version, the server residual and optimizer state of the current one; files of
+    versions the database never recorded (an aggregation a crash cut off) deleted."""
+    for r in store.rounds(fed_id):
+        gm.hashes[r.base_version] = r.base_hash
+        if r.state == RoundState.COMPLETED.value and r.result_version is not None and r.result_hash:
+            gm.hashes[r.result_version] = r.result_hash
+    gm.hashes[gm.version] = gm.hash
+    if versions.discard_after(gm.version) + checkpoint.discard_after(ckpt_dir, gm.version):
+        log.info("discarded files of versions after %d that were never recorded", gm.version)
+    rpath = checkpoint.residual_path(ckpt_dir, gm.version)
+    gm.residual = tensorfile.load(rpath) if rpath.is_file() else {}
+    opath = checkpoint.optimizer_path(ckpt_dir, gm.version)
+    if opt.stateful and opath.is_file():
+        gm.optimizer_state = optimizers.unflatten_state(tensorfile.load(opath))
+    elif opt.stateful and gm.version > 0:
+        log.warning("no %s state for version %d: the server optimizer starts from zero", opt.name, gm.version)
+
+
+def reopen(
+    store: Store,
+    fed_id: int,
+    gm: GlobalModel,
+    spool_dir: Path,
+    round_timeout: float,
+    make_round: Callable[[int, int, RoundPlan, dict[str, str], float], Round],
+) -> Round | None:
+    """The round a crash or restart left open, reopened: same number, base version and participants, a
+    fresh deadline, and every update it had accepted added to its sums again from the spool. Spool
+    files the database never recorded as accepted (uploads cut off, or whose reply was never sent) are
+    deleted: their workers send them again. None if there is no such round or it trains another
+    version than the one the coordinator holds."""
+    row = store.open_round_row(fed_id)
+    if row is None or row.base_version != gm.version or row.base_hash != gm.hash:
+        return None
+    workers = {w.id: w for w in store.workers(fed_id)}
+    by_name = {w.name: w for w in workers.values()}
+    participants = {by_name[n].uid: n for n in row.participants if n in by_name}
+    plan = RoundPlan(row.number, tuple(row.blocks) if row.blocks else tuple(gm.bmap.names), bool(row.probe))
+    deadline = time.time() + round_timeout
+    r = make_round(row.id, row.number, plan, participants, deadline)
+    rdir = spool.round_dir(spool_dir, row.number)
+    for u in store.updates(row.id):
+        if u.status != UpdateStatus.ACCEPTED.value or u.worker_id not in workers:
+            continue
+        w = workers[u.worker_id]
+        path = rdir / f"{w.name}.update"
+        try:
+            got = reload(path, r.sums, u.num_samples)
+        except (OSError, StrataError) as exc:
+            reason = f"lost when the coordinator restarted: {exc}"
+            store.set_update_status(u.id, UpdateStatus.REJECTED, reason)
+            log.error("round %d: the update of %s is %s", row.number, w.name, reason)
+            continue
+        r.admit(
+            w.uid,
+            w.name,
+            path,
+            got,
+            u.num_samples,
+            update_id=u.id,
+            train_loss=u.train_loss or 0.0,
+            train_accuracy=u.train_accuracy or 0.0,
+        )
+    kept = {u.path.name for u in r.accepted.values()}
+    for p in rdir.iterdir() if rdir.is_dir() else ():
+        if p.name not in kept:  # partial uploads, and updates that were never recorded
+            p.unlink(missing_ok=True)
+    store.set_round_fields(
+        row.id, state=RoundState.OPEN.value, deadline_at=dt.datetime.fromtimestamp(deadline, dt.UTC)
+    )
+    r.check_all_in()
+    log.info(
+        "round %d reopened after a restart with the %d update(s) it had accepted (%s); deadline in %.0fs",
+        row.number,
+        len(r.accepted),
+        ", ".join(sorted(u.name for u in r.accepted.values())) or "none yet",
+        round_timeout,
+    )
+    return r

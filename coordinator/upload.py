@@ -1,0 +1,159 @@
+"""Update uploads: receive one update while it streams, into the open round's sums and its spool file;
+refuse it whole on any problem, with the reason recorded; acknowledge a retried one once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from coordinator import spool
+from coordinator.filters import UpdateFilter, refuse_on_complete
+from coordinator.ingest import Received, Upload, receive, undo
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.round import Round
+from coordinator.sessions import Session
+from coordinator.store import Store
+from strata import failpoints
+from strata.errors import FailedPrecondition, InvalidInput, StrataError
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.storage.models import UpdateStatus
+
+log = logging.getLogger("strata.coordinator")
+
+
+class Uploads:
+    def __init__(
+        self,
+        store: Store,
+        fed_id: int,
+        spool_dir: Path,
+        filters: Sequence[UpdateFilter],
+        metrics: CoordinatorMetrics,
+        federation: str,
+        current: Callable[[], Round | None],
+    ) -> None:
+        self.store = store
+        self.fed_id = fed_id
+        self.spool_dir = spool_dir
+        self.filters = filters
+        self.metrics = metrics
+        self.federation = federation
+        self.current = current
+
+    async def push(
+        self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
+    ) -> pb.PushReply:
+        """Receive one update; `first` is the stream's header chunk, whose worker id gave `sess`."""
+        started = time.monotonic()
+        h = first.header
+        if (dup := await self._duplicate(sess, h)) is not None:
+            return dup
+        r = self.current()
+        if r is None:
+            raise FailedPrecondition(f"update for round {h.round}, but the open round is none")
+        r.check_update(sess, h)
+        writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
+        upload = r.uploads[sess.uid] = Upload(writer, h.num_samples)
+        try:
+            writer.write(first)
+            got = await receive(chunks, r.sums, upload)
+            if (why := refuse_on_complete(self.filters, got.norm)) is not None:
+                undo(upload, r.sums)  # complete, but refused: out of the sums again
+                raise InvalidInput(why)
+        except BaseException as exc:
+            writer.abort()
+            await self._refused(sess, r, h, upload, exc)
+            raise
+        finally:
+            r.uploads.pop(sess.uid, None)
+        path = writer.commit()
+        failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
+        u = r.admit(
+            sess.uid,
+            sess.name,
+            path,
+            got,
+            h.num_samples,
+            train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy,
+        )
+        r.recording += 1
+        try:
+            u.update_id = await asyncio.shield(self._record_accepted(r, sess, h, got, started))
+        finally:
+            r.recording -= 1
+        self.metrics.updates.labels(self.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
+        self.metrics.bytes_in.labels(self.federation).inc(got.payload_bytes)
+        failpoints.hit("coordinator.push.recorded")  # recorded, the reply not yet sent
+        r.check_all_in()
+        return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
+
+    async def _record_accepted(
+        self, r: Round, sess: Session, h: pb.UpdateHeader, got: Received, started: float
+    ) -> int:
+        return await asyncio.to_thread(
+            self.store.record_update,
+            r.db_id,
+            sess.db_id,
+            UpdateStatus.ACCEPTED,
+            base_version=h.base_version,
+            num_samples=h.num_samples,
+            num_tensors=len(got.names),
+            bytes=got.payload_bytes,
+            raw_bytes=got.raw_bytes,
+            num_steps=h.num_steps,
+            train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy,
+            update_norm=got.norm,
+            train_seconds=h.train_seconds,
+            upload_seconds=time.monotonic() - started,
+        )
+
+    async def _refused(
+        self, sess: Session, r: Round, h: pb.UpdateHeader, upload: Upload, exc: BaseException
+    ) -> None:
+        late = upload.evicted or isinstance(exc, FailedPrecondition)
+        if upload.evicted:
+            reason = "the round closed while this update was uploading"
+        elif isinstance(exc, InvalidInput | FailedPrecondition):
+            reason = str(exc)
+        else:
+            reason = f"stream ended early ({type(exc).__name__})"
+        status = UpdateStatus.LATE if late else UpdateStatus.REJECTED
+        record = asyncio.to_thread(
+            self.store.record_update,
+            r.db_id,
+            sess.db_id,
+            status,
+            reason,
+            base_version=h.base_version,
+            num_samples=h.num_samples,
+        )
+        # a cancelled call (the worker hung up) must still record why: shield the write from the cancel
+        await asyncio.shield(record)
+        code = exc.code if isinstance(exc, StrataError) else "CANCELLED"
+        self.metrics.updates.labels(self.federation, status.value, code).inc()
+        log.warning(
+            "update from %s for round %d %s: %s", sess.name, r.number, "late" if late else "rejected", reason
+        )
+
+    async def _duplicate(self, sess: Session, h: pb.UpdateHeader) -> pb.PushReply | None:
+        """The reply to an update the coordinator already holds (the worker retried after losing the reply,
+        e.g. across a coordinator restart): counted once, its stream not read. None for any other update.
+        Only an update for another round than the current one costs a database query."""
+        r = self.current()
+        if r is not None and r.number == h.round:
+            if not r.holds(sess.uid, h):
+                return None
+            received = raw = 0
+        else:
+            u = await asyncio.to_thread(self.store.accepted_update, self.fed_id, h.round, sess.db_id)
+            if u is None or u.base_version != h.base_version:
+                return None
+            received, raw = u.bytes or 0, u.raw_bytes or 0
+        log.info("update from %s for round %d is one already counted: acknowledged again", sess.name, h.round)
+        self.metrics.updates.labels(self.federation, "duplicate", "OK").inc()
+        return pb.PushReply(accepted=True, duplicate=True, received_bytes=received, raw_bytes=raw)
