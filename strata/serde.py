@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from strata.proto.v1 import coordinator_pb2 as pb
@@ -18,6 +19,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     max_seq_len: int = 64
     seed: int = 0
+    prox_mu: float = 0.0  # FedProx: μ of the proximal term μ/2·‖θ − θ_t‖² (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +44,14 @@ def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
         weight_decay=c.weight_decay,
         max_seq_len=c.max_seq_len,
         seed=c.seed,
+        prox_mu=c.prox_mu,
     )
 
 
 def training_config_from_proto(m: pb.TrainingConfig) -> TrainingConfig:
+    """The config a task carries; ValueError for a prox_mu that is negative or not finite."""
+    if not (math.isfinite(m.prox_mu) and m.prox_mu >= 0):
+        raise ValueError(f"prox_mu must be finite and >= 0, not {m.prox_mu}")
     return TrainingConfig(
         local_epochs=m.local_epochs,
         max_steps=m.max_steps,
@@ -54,6 +60,7 @@ def training_config_from_proto(m: pb.TrainingConfig) -> TrainingConfig:
         weight_decay=m.weight_decay,
         max_seq_len=m.max_seq_len,
         seed=m.seed,
+        prox_mu=m.prox_mu,
     )
 
 

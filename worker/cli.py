@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def serve(settings: WorkerSettings) -> int:
     from strata.data import DataError
-    from worker.runner import WorkerError, run
+    from worker.errors import WorkerError
+    from worker.runner import run
 
     try:
         run(settings)

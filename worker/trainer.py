@@ -1,12 +1,14 @@
-"""Local fine-tuning: a short AdamW loop over the worker's own examples, and the delta it produced."""
+"""Local fine-tuning: one round's task on this rank (AdamW, optionally FedProx) and the delta it produced."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,17 +17,22 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from strata.data import Example
+from strata.layers import BlockMap, block_map, set_trainable
 from strata.modeling import (
     autocast,
     batches,
     count_correct,
     global_tensors,
     load_tensors,
+    model_from_assets,
     model_inputs,
     task_of,
 )
-from strata.serde import TrainingConfig
-from worker import distributed
+from strata.serde import RoundTask, TrainingConfig
+from worker import ranks
+from worker.errors import WorkerError
+
+log = logging.getLogger("strata.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,91 @@ class TrainResult:
     loss: float
     accuracy: float
     seconds: float
+
+
+@dataclass(frozen=True)
+class Replica:
+    """The model one process trains, on its device, with its tokenizer and block map."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    bmap: BlockMap
+    device: str
+
+    @classmethod
+    def load(cls, assets: Path, device: str) -> Replica:
+        """Build the architecture and tokenizer from the assets the coordinator sent."""
+        model, tokenizer = model_from_assets(assets)
+        model.to(device)  # type: ignore[arg-type]
+        return cls(model, tokenizer, block_map(model), device)
+
+
+def train_round(
+    replica: Replica,
+    examples: Sequence[Example],
+    task: RoundTask,
+    rank: ranks.Rank | None,
+    assets: Path,
+    worker: str,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one round's task: the entry point of a worker and of every rank of a torchrun worker.
+
+    Only the task's blocks train (the rest get no gradients and no optimizer state). Under torchrun,
+    rank 0 announces the round to the other ranks and every rank takes rank 0's weights, after the
+    blocks were checked, so a task this model cannot train stops rank 0 before it announces anything.
+    """
+    try:
+        trainable = set_trainable(replica.model, replica.bmap, task.blocks)
+    except ValueError as exc:
+        raise WorkerError(f"round {task.round}: {exc}") from None
+    if rank is not None:
+        ranks.start_round(rank, replica.model, assets, task)
+    leader = rank is None or rank.leader
+    if task.blocks and leader:
+        log.info(
+            "round %d trains %s (%.1fM of %.1fM parameters)",
+            task.round,
+            ", ".join(task.blocks),
+            trainable / 1e6,
+            sum(replica.bmap.sizes.values()) / 1e6,
+        )
+    return train(
+        replica.model,
+        replica.tokenizer,
+        examples,
+        task.config,
+        task.round,
+        device=replica.device,
+        progress=progress and leader,
+        label=f"{worker} round {task.round}",
+        worker=worker,
+    )
+
+
+class Proximal:
+    """FedProx's proximal term μ/2·‖θ − θ_t‖² (Li et al. 2020) over the trained tensors `params`, θ_t their
+    values now; one copy of them is kept, on their device and in their dtype."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], mu: float) -> None:
+        self.params = list(params)
+        self.anchor = [p.detach().clone() for p in self.params]
+        self.mu = mu
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """Add the term's gradient μ(θ − θ_t) to every trained tensor's gradient (after backward, so
+        under DDP after the all-reduce: every rank adds the same, and the replicas stay identical)."""
+        params: list[torch.Tensor] = []
+        anchor: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        for p, a in zip(self.params, self.anchor, strict=True):
+            if p.grad is not None:  # a tensor the loss did not reach does not step either
+                params.append(p.detach())
+                anchor.append(a)
+                grads.append(p.grad)
+        if grads:
+            torch._foreach_add_(grads, torch._foreach_sub(params, anchor), alpha=self.mu)
 
 
 def train(
@@ -57,7 +149,8 @@ def train(
 
     A classifier learns the examples' labels; a causal LM (``task_of``) learns to predict each next
     token of the texts, padding excluded. Shuffling and dropout are seeded from (seed, round, worker),
-    so a round can be reproduced.
+    so a round can be reproduced. With ``config.prox_mu`` > 0 each step also pulls the trained tensors
+    toward θ_start (FedProx); with 0 nothing of it is computed.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -68,16 +161,17 @@ def train(
     model.train()
     # under torchrun every rank trains its shard of the examples, the same number of steps, and DDP
     # averages the gradients, so the replicas stay identical and rank 0's Δ stands for all of them
-    world = distributed.active()
-    mine = distributed.shard(list(examples))
+    world = ranks.active()
+    mine = ranks.shard(list(examples))
     net: torch.nn.Module = DistributedDataParallel(model) if world else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    prox = Proximal(trainable, config.prox_mu) if config.prox_mu else None
     seed = local_seed(config.seed, round_number, worker) + (dist.get_rank() if world else 0)
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)  # the order of examples
-    ranks = dist.get_world_size() if world else 1
-    steps_per_epoch = math.ceil(len(examples) / (config.batch_size * ranks))
+    world_size = dist.get_world_size() if world else 1
+    steps_per_epoch = math.ceil(len(examples) / (config.batch_size * world_size))
     total = steps_per_epoch * config.local_epochs
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -95,6 +189,8 @@ def train(
             if count or world:  # a causal LM batch of one-token texts predicts nothing: no loss to step on
                 opt.zero_grad(set_to_none=True)  # (under DDP every rank steps together: a zero loss then)
                 (out.loss if count else out.logits.sum() * 0.0).backward()
+                if prox is not None:
+                    prox.add_gradient()
                 opt.step()
             if count:
                 loss_sum += float(out.loss.detach()) * count
@@ -105,8 +201,8 @@ def train(
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
     bar.close()
     model.eval()
-    distributed.check_in_sync(model, device)
-    loss_sum, correct_f, seen_f = distributed.all_sum([loss_sum, float(correct), float(seen)], device)
+    ranks.check_in_sync(model, device)
+    loss_sum, correct_f, seen_f = ranks.all_sum([loss_sum, float(correct), float(seen)], device)
     correct, seen = int(correct_f), int(seen_f)
     # only what was trained travels: frozen tensors (requires_grad False) did not move
     delta = {

@@ -12,7 +12,9 @@ import pytest
 from strata.data import Example, write_examples, write_labels
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data
 from worker.client import backoff_delays
-from worker.runner import LocalData, Worker, WorkerError, check_labels, load_local_data
+from worker.errors import WorkerError
+from worker.local_data import LocalData, check_labels, load_local_data
+from worker.runner import Worker
 from worker.settings import WorkerSettings
 
 
@@ -89,8 +91,8 @@ def test_update_stream_is_header_frames_end(tmp_path: Path) -> None:
     import torch
 
     from strata.serde import RoundTask, TrainingConfig
-    from worker.runner import update_chunks
     from worker.trainer import TrainResult
+    from worker.upload import update_chunks
 
     delta = {"a": torch.randn(3000, 200), "b": torch.zeros(4)}
     task = RoundTask(1, 0, "h", 0.0, TrainingConfig(), "fp32", 1)

@@ -26,6 +26,7 @@ CONFIGS = [
         weight_decay=0.01,
         max_seq_len=512,
         seed=42,
+        prox_mu=0.01,
     ),
     TrainingConfig(
         local_epochs=1,
@@ -35,6 +36,7 @@ CONFIGS = [
         weight_decay=0.0,
         max_seq_len=8,
         seed=2**63,
+        prox_mu=1e6,
     ),
     TrainingConfig(
         local_epochs=2**32 - 1, max_steps=2**32 - 1, batch_size=2**32 - 1, max_seq_len=8192, seed=2**64 - 1
@@ -117,3 +119,10 @@ def test_task_from_proto_refuses_non_train(kind: int) -> None:
 def test_task_from_proto_refuses_empty_message() -> None:
     with pytest.raises(ValueError, match="TRAIN"):
         task_from_proto(pb.Task())
+
+
+@pytest.mark.parametrize("mu", [-0.1, -1e-300, float("nan"), float("inf"), float("-inf")])
+def test_a_task_with_a_bad_prox_mu_is_refused_where_it_is_decoded(mu: float) -> None:
+    message = task_to_proto(dataclasses.replace(TASKS[1], config=TrainingConfig(prox_mu=mu)))
+    with pytest.raises(ValueError, match="prox_mu"):
+        task_from_proto(pb.Task.FromString(message.SerializeToString()))

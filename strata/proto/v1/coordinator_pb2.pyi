@@ -47,7 +47,7 @@ class TaskRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "max_steps", "batch_size", "learning_rate", "weight_decay", "max_seq_len", "seed")
+    __slots__ = ("local_epochs", "max_steps", "batch_size", "learning_rate", "weight_decay", "max_seq_len", "seed", "prox_mu")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class TrainingConfig(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PROX_MU_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     max_steps: int
     batch_size: int
@@ -62,7 +63,8 @@ class TrainingConfig(_message.Message):
     weight_decay: float
     max_seq_len: int
     seed: int
-    def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    prox_mu: float
+    def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., prox_mu: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks")

@@ -1,4 +1,4 @@
-"""A worker that spans several GPUs of one organisation: torchrun starts one process per GPU.
+"""The rank protocol of a worker that torchrun spreads over several GPUs of one organisation.
 
     torchrun --standalone --nproc-per-node 4 -m strata.cli worker ...
 
@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from strata.proto.v1 import coordinator_pb2 as pb
+from strata.serde import RoundTask, task_from_proto, task_to_proto
 
 log = logging.getLogger("strata.worker")
 
@@ -101,7 +104,7 @@ def check_in_sync(model: torch.nn.Module, device: str) -> float:
     return spread
 
 
-def send_message(message: dict[str, Any] | None, device: str) -> dict[str, Any]:
+def _broadcast(message: dict[str, Any] | None, device: str) -> dict[str, Any]:
     """Broadcast a JSON message from rank 0 (which passes it) to every rank (which get it back)."""
     data = json.dumps(message).encode() if message is not None else b""
     size = torch.tensor([len(data)], dtype=torch.int64, device=device)
@@ -115,67 +118,29 @@ def send_message(message: dict[str, Any] | None, device: str) -> dict[str, Any]:
     return json.loads(buf.cpu().numpy().tobytes().decode())  # type: ignore[no-any-return]
 
 
-def broadcast_weights(model: torch.nn.Module) -> None:
-    """Make every rank's weights rank 0's (in place, in a fixed order)."""
+def start_round(rank: Rank, model: torch.nn.Module, assets: Path, task: RoundTask) -> None:
+    """Every rank at the start of a round: rank 0 announces it (the others got it from `next_round`), then
+    every rank takes rank 0's weights (in place, in a fixed order)."""
+    if rank.leader:
+        task_bytes = task_to_proto(task).SerializeToString()
+        _broadcast(
+            {"kind": "train", "assets": str(assets), "task": base64.b64encode(task_bytes).decode()},
+            rank.device,
+        )
     state = model.state_dict()
     with torch.no_grad():
         for name in sorted(state):
             dist.broadcast(state[name], src=0)
 
 
-def announce_round(assets: Path, federation: str, task_bytes: bytes, device: str) -> None:
-    """Rank 0: tell the other ranks to train this task (then broadcast_weights)."""
-    send_message(
-        {
-            "kind": "train",
-            "assets": str(assets),
-            "federation": federation,
-            "task": base64.b64encode(task_bytes).decode(),
-        },
-        device,
-    )
+def next_round(rank: Rank) -> tuple[Path, RoundTask] | None:
+    """Ranks above 0: the assets folder and task of the round rank 0 announces next; None once it is done."""
+    msg = _broadcast(None, rank.device)
+    if msg.get("kind") != "train":
+        return None
+    return Path(msg["assets"]), task_from_proto(pb.Task.FromString(base64.b64decode(msg["task"])))
 
 
-def announce_done(device: str) -> None:
-    send_message({"kind": "done"}, device)
-
-
-def follow(settings: Any, rank: Rank) -> int:
-    """Ranks above 0: train each announced round on this rank's shard until rank 0 says done."""
-    from strata.layers import block_map, set_trainable
-    from strata.modeling import model_from_assets
-    from strata.proto.v1 import coordinator_pb2 as pb
-    from strata.serde import task_from_proto
-    from worker.runner import load_local_data
-    from worker.trainer import train
-
-    data, _ = load_local_data(settings)
-    model = tokenizer = bmap = None
-    rounds = 0
-    while True:
-        msg = send_message(None, rank.device)
-        if msg.get("kind") != "train":
-            log.info("rank %d: done after %d round(s)", rank.rank, rounds)
-            return rounds
-        if model is None:
-            model, tokenizer = model_from_assets(Path(msg["assets"]))
-            model.to(rank.device)  # type: ignore[arg-type]
-            bmap = block_map(model)
-        broadcast_weights(model)
-        task_msg = pb.Task()
-        task_msg.ParseFromString(base64.b64decode(msg["task"]))
-        task = task_from_proto(task_msg)
-        assert bmap is not None and tokenizer is not None
-        set_trainable(model, bmap, task.blocks)
-        train(
-            model,
-            tokenizer,
-            data.train,
-            task.config,
-            task.round,  # type: ignore[arg-type]
-            device=rank.device,
-            progress=False,
-            label=f"{settings.name} rank {rank.rank} round {task.round}",
-            worker=settings.name,
-        )
-        rounds += 1
+def announce_done(rank: Rank) -> None:
+    """Rank 0: tell the other ranks that the federation is over."""
+    _broadcast({"kind": "done"}, rank.device)
