@@ -45,8 +45,9 @@ from tests.helpers import (
     make_workers,
     run_to_done,
 )
-from worker.runner import Worker, encode_update
+from worker.runner import Worker
 from worker.settings import WorkerSettings
+from worker.upload import encode_update
 
 ATTACKS = ("sign-flip", "scale", "noise")
 DEFENCES: dict[str, dict[str, Any]] = {

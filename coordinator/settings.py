@@ -328,6 +328,7 @@ class CoordinatorSettings(StrataSettings):
             weight_decay=self.weight_decay,
             max_seq_len=self.max_seq_len,
             seed=self.seed,
+            prox_mu=self.prox_mu,
         )
 
     def record(self) -> dict[str, object]:

@@ -1,21 +1,19 @@
-"""The spool: each accepted update's compressed frames on disk, written atomically, readable again.
-
-A spool file is a run of records: a kind byte and a length, then either a serialised UpdateChunk
-(header, tensor header, end) or the raw bytes of a data chunk, written as received.
-"""
+"""The spool: each accepted update's chunks on disk, exactly as they arrived, in the frame-file format
+(coordinator/framefile.py), written atomically and readable again."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from coordinator import framefile
+from strata import atomic
 from strata.proto.v1 import coordinator_pb2 as pb
+from strata.proto.v1 import tensor_pb2
 
-_REC = struct.Struct("<BI")  # record: kind, length; then the bytes
-_MESSAGE, _DATA = 1, 2
+_KIND = {"header": framefile.HEADER, "tensor": framefile.TENSOR, "data": framefile.DATA, "end": framefile.END}
 
 
 class SpoolWriter:
@@ -24,17 +22,16 @@ class SpoolWriter:
     def __init__(self, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.target = target
-        self.tmp = target.with_name(f".{target.name}.partial")
+        self.tmp = atomic.temp_path(target)
         self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        framefile.start(self._fh)
 
     def write(self, chunk: pb.UpdateChunk) -> None:
-        if chunk.WhichOneof("part") == "data":  # the bulk: written as it came, not re-serialised
-            self._fh.write(_REC.pack(_DATA, len(chunk.data)))
-            self._fh.write(chunk.data)
-            return
-        data = chunk.SerializeToString()
-        self._fh.write(_REC.pack(_MESSAGE, len(data)))
-        self._fh.write(data)
+        part = chunk.WhichOneof("part")
+        if part == "data":  # the bulk: written as it came, not re-serialised
+            framefile.write(self._fh, framefile.DATA, chunk.data)
+        elif part is not None:
+            framefile.write(self._fh, _KIND[part], getattr(chunk, part).SerializeToString())
 
     def flush(self) -> None:
         if not self._fh.closed:
@@ -45,6 +42,7 @@ class SpoolWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.tmp, self.target)
+        atomic.fsync_dir(self.target.parent)
         return self.target
 
     def abort(self) -> None:
@@ -55,16 +53,15 @@ class SpoolWriter:
 
 def read(path: Path) -> Iterator[pb.UpdateChunk]:
     """The chunks of a spooled update, in the order they arrived."""
-    with open(path, "rb") as fh:
-        while head := fh.read(_REC.size):
-            kind, n = _REC.unpack(head)
-            body = fh.read(n)
-            if kind == _DATA:
-                yield pb.UpdateChunk(data=body)
-                continue
-            chunk = pb.UpdateChunk()
-            chunk.ParseFromString(body)
-            yield chunk
+    for kind, body in framefile.records(path):
+        if kind == framefile.DATA:
+            yield pb.UpdateChunk(data=body)
+        elif kind == framefile.TENSOR:
+            yield pb.UpdateChunk(tensor=tensor_pb2.TensorHeader.FromString(body))
+        elif kind == framefile.HEADER:
+            yield pb.UpdateChunk(header=pb.UpdateHeader.FromString(body))
+        elif kind == framefile.END:
+            yield pb.UpdateChunk(end=pb.UpdateEnd.FromString(body))
 
 
 def round_dir(spool_dir: Path, round_number: int) -> Path:

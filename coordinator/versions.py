@@ -1,69 +1,47 @@
 """Model versions on disk, in wire form: each version's snapshot and the global update that made it.
 
-A `.frames` file is a run of length-prefixed TensorHeader messages, each followed by its payload, so
-the coordinator serves downloads straight from disk in ≤1 MiB pieces: its memory does not depend on
-the model's size, the number of versions kept, or the number of workers pulling.
+Version files use the frame-file format of the spool (coordinator/framefile.py): TENSOR records, each
+followed by DATA records of ≤ 1 MiB, so the coordinator serves downloads straight from disk piece by
+piece: its memory does not depend on the model's size, the number of versions kept, or the number of
+workers pulling.
 """
 
 from __future__ import annotations
 
-import os
-import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from strata.frames import CHUNK_BYTES
+from coordinator import framefile
+from strata import atomic
+from strata.frames import pieces
 from strata.proto.v1 import tensor_pb2
-
-_LEN = struct.Struct("<I")
 
 
 def write_frames(path: Path, frames: Iterable[tuple[tensor_pb2.TensorHeader, Iterable[bytes]]]) -> int:
     """Write frames atomically (temp file, fsync, rename); returns the payload bytes written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     total = 0
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_file(path) as fh:
+        framefile.start(fh)
         for header, blocks in frames:
-            data = header.SerializeToString()
-            fh.write(_LEN.pack(len(data)))
-            fh.write(data)
+            framefile.write(fh, framefile.TENSOR, header.SerializeToString())
             for block in blocks:
-                fh.write(block)
+                for piece in pieces(block):
+                    framefile.write(fh, framefile.DATA, piece)
                 total += len(block)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return total
 
 
-def read_frames(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, object]]:
+def read_frames(path: Path) -> Iterator[tuple[str, object]]:
     """("tensor", header) then ("data", piece) for each frame of the file, piece by piece."""
-    with open(path, "rb") as fh:
-        while head := fh.read(_LEN.size):
-            (n,) = _LEN.unpack(head)
-            header = tensor_pb2.TensorHeader()
-            header.ParseFromString(fh.read(n))
-            yield "tensor", header
-            left = header.payload_bytes
-            while left:
-                piece = fh.read(min(chunk_bytes, left))
-                if not piece:
-                    raise OSError(f"{path} is truncated inside {header.name}")
-                left -= len(piece)
-                yield "data", piece
+    for kind, body in framefile.records(path):
+        if kind == framefile.TENSOR:
+            yield "tensor", tensor_pb2.TensorHeader.FromString(body)
+        elif kind == framefile.DATA:
+            yield "data", body
 
 
 def count_frames(path: Path) -> int:
-    with open(path, "rb") as fh:
-        count = 0
-        while head := fh.read(_LEN.size):
-            (n,) = _LEN.unpack(head)
-            header = tensor_pb2.TensorHeader()
-            header.ParseFromString(fh.read(n))
-            fh.seek(header.payload_bytes, os.SEEK_CUR)
-            count += 1
-        return count
+    return sum(1 for kind, _ in framefile.records(path, skip_data=True) if kind == framefile.TENSOR)
 
 
 class VersionFiles:
@@ -100,13 +78,15 @@ class VersionFiles:
 
     def discard_after(self, version: int) -> int:
         """Delete the files of versions newer than `version` (written by an aggregation that a crash cut
-        off before the database recorded it) and any partial file; returns how many went."""
+        off before the database recorded it), any partial file, and files an older Strata wrote in another
+        format (they are caches: snapshots are written again, workers behind get one); returns how many went."""
         gone = 0
         for p in self.dir.iterdir():
             kind, _, v = p.stem.partition("-v")
-            if p.name.endswith(".partial") or (
-                kind in ("snapshot", "update") and v.isdigit() and int(v) > version
-            ):
+            newer = kind in ("snapshot", "update") and v.isdigit() and int(v) > version
+            if (
+                atomic.is_partial(p) or newer or not framefile.is_frame_file(p)
+            ):  # or written by an older Strata
                 p.unlink(missing_ok=True)
                 gone += 1
         self._counts.clear()

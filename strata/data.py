@@ -7,15 +7,15 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
+
+from strata import atomic
 
 __all__ = [
     "NO_LABEL",
@@ -272,37 +272,6 @@ def load_dataset_dir(directory: str | Path) -> DatasetDir:
     return DatasetDir(train=train, test=test, labels=[str(i) for i in range(num_labels)])
 
 
-@contextlib.contextmanager
-def _atomic_binary(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a temp file next to ``path``; on success fsync it and ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            yield raw
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # e.g. platforms that cannot open folders; the rename itself already happened
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def _jsonl_lines(examples: Iterable[Example]) -> Iterator[str]:
     for i, ex in enumerate(examples):
         if not isinstance(ex.text, str):
@@ -320,7 +289,7 @@ def write_examples(path: str | Path, examples: Iterable[Example]) -> None:
     path = Path(path)
     if _suffix_of(path) not in (".jsonl", ".jsonl.zst"):
         raise DataError(f"{path}: write_examples writes JSON Lines; use a .jsonl or .jsonl.zst path")
-    with _atomic_binary(path) as raw:
+    with atomic.atomic_file(path) as raw:
         if path.name.lower().endswith(".zst"):
             compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
             with compressor.stream_writer(raw, closefd=False) as writer:
@@ -339,5 +308,5 @@ def write_labels(directory: str | Path, labels: Sequence[str]) -> None:
     if len(set(names)) != len(names):
         raise DataError(f"{Path(directory) / LABELS_FILE}: duplicate label names")
     payload = json.dumps(names, ensure_ascii=False, indent=1) + "\n"
-    with _atomic_binary(Path(directory) / LABELS_FILE) as raw:
+    with atomic.atomic_file(Path(directory) / LABELS_FILE) as raw:
         raw.write(payload.encode("utf-8"))

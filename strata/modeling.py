@@ -30,6 +30,7 @@ from transformers import (  # type: ignore[attr-defined]
     PreTrainedTokenizerFast,
 )
 
+from strata import atomic
 from strata.data import Example
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -275,9 +276,7 @@ def write_assets(files: Mapping[str, bytes], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, out_dir / name)
+        atomic.write_bytes(out_dir / name, data)
     return out_dir
 
 

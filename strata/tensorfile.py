@@ -2,21 +2,19 @@
 
 The writer streams each tensor's bytes straight into the file (safetensors' own `save_file` first
 copies every tensor into Python bytes, which would double the memory of a model-sized save), then
-fsyncs, renames over the target and fsyncs the folder, so a kill at any instant leaves either the
-old file or the new one.
+writes atomically (strata/atomic.py), so a kill at any instant leaves either the old file or the new one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from strata import failpoints
+from strata import atomic, failpoints
 
 _DTYPES = {
     torch.float32: "F32",
@@ -66,8 +64,7 @@ def save(
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic.atomic_file(path, failpoint=failpoint) as fh:
         fh.write(len(head).to_bytes(8, "little"))
         fh.write(head)
         for i, name in enumerate(names):
@@ -75,15 +72,6 @@ def save(
                 fh.flush()
                 failpoints.hit(f"{failpoint}.writing")
             fh.write(_raw(tensors[name]))
-        fh.flush()
-        os.fsync(fh.fileno())
-    failpoints.hit(f"{failpoint}.written")
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path
 
 

@@ -20,10 +20,9 @@ from worker.errors import WorkerError
 from worker.local_data import LocalData, check_labels, load_local_data
 from worker.settings import WorkerSettings
 from worker.trainer import Replica, TrainResult, train_round
-from worker.upload import Pending, deliver, encode_update, update_chunks
+from worker.upload import Pending, deliver
 
 # tests and benches that build updates by hand take these from here
-__all__ = ["Worker", "encode_update", "run", "update_chunks"]
 
 log = logging.getLogger("strata.worker")
 
@@ -54,16 +53,6 @@ class Worker:
         self.data: LocalData | None = None
         self.local_labels: list[str] | None = None
         self.pending: Pending | None = None  # a trained update not yet delivered
-
-    @property
-    def version(self) -> int:
-        """The global version this worker holds."""
-        return self.copy.version
-
-    @property
-    def snapshots(self) -> int:
-        """How many downloads were full snapshots (the rest were global updates)."""
-        return self.copy.snapshots
 
     @property
     def assets(self) -> Path:

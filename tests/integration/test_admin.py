@@ -23,7 +23,7 @@ from strata.serde import task_from_proto
 from strata.storage.db import migrate
 from tests.helpers import ServedCoordinator, coordinator_settings, wait_until
 from tests.integration.test_bad_input import Client, result
-from worker.runner import update_chunks
+from worker.upload import update_chunks
 
 READ, ADMIN = "read-token-abcdefgh", "admin-key-abcdefgh"
 API = "/api/v1"

@@ -19,8 +19,8 @@ from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from strata.serde import task_from_proto
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, wait_until
-from worker.runner import update_chunks
 from worker.trainer import TrainResult
+from worker.upload import update_chunks
 
 
 def auth(token: str) -> tuple[tuple[str, str]]:

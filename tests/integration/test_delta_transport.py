@@ -28,7 +28,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.integration.test_bad_input import Client, result
-from worker.runner import update_chunks
+from worker.upload import update_chunks
 
 
 @pytest.mark.parametrize(("up", "down"), [("int8", "int8"), ("topk", "bf16"), ("bf16", "topk")])
@@ -52,7 +52,7 @@ def test_lossy_rounds_keep_every_copy_identical(tmp_path: Path, tiny_model: Path
     final = checkpoint.load(settings.data_dir / "checkpoints" / "test", 4)
     for w in workers:
         # each worker applied 3 global updates to its first snapshot and checked the hash every time
-        assert w.snapshots == 1 and w.version == 3 and w.rounds_done == 4
+        assert w.copy.snapshots == 1 and w.copy.version == 3 and w.rounds_done == 4
         assert w.residual_path.is_file()  # the error its lossy encoding held back, kept on disk
         w.close()
     store = Store(db)

@@ -19,7 +19,7 @@ from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, wait_until
 from tests.integration.test_bad_input import Client, result
-from worker.runner import update_chunks
+from worker.upload import update_chunks
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -1,5 +1,6 @@
 """Server optimizers over real gRPC: the aggregate is a pseudo-gradient, and with targeted layers only the
-applied blocks step; a block not applied keeps its optimizer state for the next time it is."""
+applied blocks step; a block not applied keeps its optimizer state for the next time it is. FedProx's μ
+reaches the workers in every task."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_fedavgm_steps_only_the_applied_blocks_and_keeps_the_others_state(
         probe_every=0,
         server_optimizer="fedavgm",
         server_momentum=BETA,
+        prox_mu=0.01,
     )
     coord = ServedCoordinator(settings)
     sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {f"org-{k + 1}": [] for k in range(3)}
@@ -47,6 +49,7 @@ def test_fedavgm_steps_only_the_applied_blocks_and_keeps_the_others_state(
             w.close()
     coord.wait()
 
+    assert {t.config.prox_mu for items in sent.values() for t, _ in items} == {0.01}  # FedProx's μ travels
     ckpt = settings.data_dir / "checkpoints" / "test"
     v0, v1, v2 = (checkpoint.load(ckpt, v) for v in range(3))
     updates = [next(res for t, res in sent[name] if t.round == 2) for name in sorted(sent)]

@@ -22,8 +22,8 @@ from strata.targeting import Targeting
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, make_workers
 from tests.helpers import run_to_done as run_all
 from tests.integration.test_bad_input import Client, result
-from worker.runner import update_chunks
 from worker.trainer import TrainResult
+from worker.upload import update_chunks
 
 
 def run(address: str, tmp_path: Path) -> dict[str, list[tuple[RoundTask, TrainResult]]]:

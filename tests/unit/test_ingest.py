@@ -15,7 +15,7 @@ from coordinator.versions import VersionFiles, count_frames, read_frames, write_
 from strata import codec
 from strata.codec import Codec
 from strata.errors import FailedPrecondition, InvalidInput
-from strata.frames import FrameAssembler, expected_of, header_of, pieces
+from strata.frames import CHUNK_BYTES, FrameAssembler, expected_of, header_of, pieces
 from strata.proto.v1 import coordinator_pb2 as pb
 
 
@@ -97,7 +97,8 @@ def test_version_files_round_trip(tmp_path: Path, encoding: str) -> None:
     assert count_frames(path) == 2
     got: dict[str, torch.Tensor] = {}
     asm = FrameAssembler(expected_of(d))
-    for part, value in read_frames(path, chunk_bytes=999):
+    for part, value in read_frames(path):
+        assert part == "tensor" or len(value) <= CHUNK_BYTES  # type: ignore[arg-type]
         done = asm.tensor(value) if part == "tensor" else asm.data(value)  # type: ignore[arg-type]
         if done is not None:
             got[done[0]] = done[1]
@@ -113,6 +114,21 @@ def test_version_files_round_trip(tmp_path: Path, encoding: str) -> None:
         "update-v000004.frames",
         "update-v000005.frames",
     ]
+
+
+def test_version_files_of_another_format_or_half_written_are_discarded(tmp_path: Path) -> None:
+    files = VersionFiles(tmp_path / "v")
+    d = model(1)
+    enc = codec.encode(d["a.weight"], Codec("fp32"))
+    write_frames(files.update(1), [(header_of("a.weight", d["a.weight"], enc), enc.blocks)])
+    files.update(2).write_bytes(b"\x10\x00\x00\x00old length-prefixed format")  # an older Strata's file
+    (files.dir / ".update-v000003.frames.partial").write_bytes(b"half")
+    assert files.discard_after(5) == 2
+    assert [p.name for p in files.dir.iterdir()] == ["update-v000001.frames"]
+    old_spool = tmp_path / "old.update"  # a spool file in the record format before frame files
+    old_spool.write_bytes(b"\x01\x05\x00\x00\x00hello")
+    with pytest.raises(OSError, match="not a frame file"):
+        list(spool.read(old_spool))
 
 
 def test_a_tensor_larger_than_protobufs_2_gib_limit_streams_through(tmp_path: Path) -> None:
