@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 from coordinator import checkpoint, recovery, spool
 from coordinator.aggregation import Aggregation
@@ -22,7 +19,7 @@ from coordinator.aggregators import make_aggregator
 from coordinator.control import Control
 from coordinator.download import Downloads
 from coordinator.filters import make_filters, refuse_at_close
-from coordinator.global_model import Candidate, GlobalModel
+from coordinator.global_model import Candidate
 from coordinator.ingest import RoundSums
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.round import Round
@@ -34,16 +31,9 @@ from coordinator.versions import VersionFiles
 from strata import failpoints
 from strata.codec import Codec
 from strata.data import Example, read_examples
-from strata.errors import FailedPrecondition, InvalidInput
-from strata.frames import expected_of
-from strata.layers import block_map
 from strata.modeling import (
     evaluate,
-    global_tensors,
-    load_model,
     perplexity,
-    read_labels_from_config,
-    save_assets,
 )
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_to_proto
@@ -51,24 +41,6 @@ from strata.storage.models import FederationState, RoundState, UpdateStatus
 from strata.targeting import RoundPlan, Targeting
 
 log = logging.getLogger("strata.coordinator")
-
-
-def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
-    """Labels from a labels.json path, a comma-separated list, or the model config's id2label."""
-    if spec:
-        p = Path(spec)
-        if p.is_file():
-            labels = json.loads(p.read_text())
-            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
-                raise ValueError(f"{p}: labels.json must be a list of at least two names")
-            return labels
-        labels = [x.strip() for x in spec.split(",") if x.strip()]
-        if len(labels) < 2:
-            raise ValueError("labels: give at least two class names, or a labels.json file")
-        return labels
-    if model_dir is not None and (found := read_labels_from_config(model_dir)) and len(found) >= 2:
-        return found
-    raise ValueError("labels: none given and the model config has no id2label; set --labels")
 
 
 class Federation:
@@ -80,7 +52,7 @@ class Federation:
         s = self.s = settings
         self.store = store
         self.causal = s.task == "causal-lm"
-        self.labels = [] if self.causal else parse_labels(s.labels, s.model)
+        self.labels = [] if self.causal else recovery.parse_labels(s.labels, s.model)
         self.ckpt_dir = s.data_dir / "checkpoints" / s.federation
         self.spool_dir = s.data_dir / "spool" / s.federation
         self.versions = VersionFiles(s.data_dir / "versions" / s.federation)
@@ -100,40 +72,13 @@ class Federation:
     def setup(self) -> None:
         """Load the model and either resume the federation's last version or create version 0."""
         s = self.s
-        model, tokenizer = load_model(s.model, self.labels, seed=s.seed, task=s.task)  # type: ignore[arg-type]
-        assets = save_assets(model, tokenizer, s.data_dir / "assets" / s.federation)
-        tensors = global_tensors(model)
-        gm = self.gm = GlobalModel(model, tokenizer, assets, block_map(model), expected_of(tensors))
+        gm, fed = recovery.open_federation(s, self.store, self.labels, self.ckpt_dir)
+        self.gm, self.fed_id = gm, fed.id
         self.targeting = Targeting(s.targeting(), gm.bmap)  # refuses a k or budget this model cannot meet
         if s.eval_data is not None:
             self.eval_examples = read_examples(
                 s.eval_data, self.labels or None, require_labels=not self.causal
             )[: s.eval_max_examples]
-        fed = self.store.get_or_create_federation(
-            s.federation,
-            model_name=str(s.model),
-            num_labels=len(self.labels),
-            task_kind=s.task,
-            total_rounds=s.rounds,
-            num_parameters=sum(t.numel() for t in tensors.values()),
-            config=s.record() | {"labels": self.labels},
-        )
-        self.fed_id = fed.id
-        if fed.task_kind != s.task:
-            raise ValueError(
-                f"federation {s.federation!r} was created for task {fed.task_kind}, not {s.task}; "
-                "start a new federation (--federation) to change the task"
-            )
-        recovery.resume_version(fed, gm, self.ckpt_dir, s.federation)
-        self.store.update_federation(
-            self.fed_id,
-            model_version=gm.version,
-            model_hash=gm.hash,
-            total_rounds=s.rounds,
-            state=FederationState.RUNNING.value,
-            error=None,
-            config=s.record() | {"labels": self.labels},  # a restart may change settings: record them
-        )
         self.metrics.version.labels(s.federation).set(gm.version)
         recovery.restore_state(self.store, self.fed_id, gm, self.ckpt_dir, self.versions, self.optimizer)
         self.targeting.restore(self.store.block_outcomes(self.fed_id))
@@ -218,12 +163,6 @@ class Federation:
         )
 
     # ------------------------------------------------------------------ what workers call
-    def authorise(self, token: str) -> bool:
-        return self.sessions.authorise(token)
-
-    def session(self, uid: str, token: str) -> Session:
-        return self.sessions.get(uid, token)
-
     async def join(self, req: pb.JoinRequest, token: str) -> pb.JoinReply:
         sess = await self.sessions.join(req, token)
         return pb.JoinReply(
@@ -265,42 +204,6 @@ class Federation:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), timeout=remaining)
 
-    def pull(self, sess: Session, req: pb.PullRequest) -> AsyncIterator[pb.ModelChunk]:
-        return self.downloads.pull(req)
-
-    async def push(
-        self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
-    ) -> pb.PushReply:
-        return await self.uploads.push(sess, first, chunks)
-
-    async def report(self, sess: Session, req: pb.MetricsReport) -> None:
-        r = self.current
-        if r is not None and req.round == r.number:
-            rid: int | None = r.db_id
-        else:
-            rid = next(
-                (
-                    x.id
-                    for x in await asyncio.to_thread(self.store.rounds, self.fed_id)
-                    if x.number == req.round
-                ),
-                None,
-            )
-        if rid is None:
-            raise FailedPrecondition(f"no round {req.round} in this federation")
-        if not (0.0 <= req.accuracy <= 1.0) or req.loss < 0 or req.loss != req.loss:
-            raise InvalidInput("metrics out of range (accuracy in [0, 1], loss >= 0)")
-        await asyncio.to_thread(
-            self.store.record_evaluation,
-            rid,
-            sess.db_id,
-            model_version=req.model_version,
-            split=req.split[:32] or "local-test",
-            num_samples=req.num_samples,
-            loss=req.loss,
-            accuracy=req.accuracy,
-        )
-
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
@@ -308,7 +211,7 @@ class Federation:
     # ------------------------------------------------------------------ the round loop
     async def run(self) -> None:
         """Run rounds until `rounds` have completed, then linger so workers hear DONE."""
-        background = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self.control.watch())]
+        background = [asyncio.create_task(self.sessions.beat()), asyncio.create_task(self.control.watch())]
         try:
             failures = 0
             while not self.done:
@@ -383,7 +286,7 @@ class Federation:
             len(r.participants),
             f" (closes at {r.target} updates)" if r.target < len(r.participants) else "",
             r.base_version,
-            self._describe(r.plan),
+            self.targeting.describe(r.plan),
         )
         await self._notify()
         with contextlib.suppress(TimeoutError):
@@ -485,23 +388,9 @@ class Federation:
             targeted,
         )
 
-    def _describe(self, plan: RoundPlan) -> str:
-        if not self.targeting.active:
-            return "every block (policy full)"
-        c = self.targeting.config
-        if c.schedule == "server-masked":
-            return f"every block trains, {c.policy} chooses which apply (server-masked)"
-        what = "probe: every block" if plan.probe else ", ".join(plan.train)
-        return f"trains {len(plan.train)}/{len(self.gm.bmap.names)} blocks ({what})"
-
     async def _linger(self) -> None:
         if not self.s.exit_when_done:
             return
         end = time.monotonic() + self.s.linger_seconds
         while time.monotonic() < end and not set(self.sessions.by_uid) <= self.told_done:
             await asyncio.sleep(0.1)
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(2.0)
-            await asyncio.to_thread(self.sessions.heartbeats)

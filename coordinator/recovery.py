@@ -5,6 +5,7 @@ left open reopened with every update it had accepted."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,17 +15,74 @@ from coordinator import checkpoint, spool
 from coordinator.global_model import GlobalModel
 from coordinator.ingest import reload
 from coordinator.round import Round
+from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from coordinator.versions import VersionFiles
 from strata import optimizers, tensorfile
 from strata.errors import StrataError
-from strata.modeling import global_tensors, load_tensors
+from strata.frames import expected_of
+from strata.layers import block_map
+from strata.modeling import global_tensors, load_model, load_tensors, read_labels_from_config, save_assets
 from strata.optimizers import ServerOptimizer
-from strata.storage.models import Federation, RoundState, UpdateStatus
+from strata.storage.models import Federation, FederationState, RoundState, UpdateStatus
 from strata.targeting import RoundPlan
 from strata.version import model_hash
 
 log = logging.getLogger("strata.coordinator")
+
+
+def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
+    """Labels from a labels.json path, a comma-separated list, or the model config's id2label."""
+    if spec:
+        p = Path(spec)
+        if p.is_file():
+            labels = json.loads(p.read_text())
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
+                raise ValueError(f"{p}: labels.json must be a list of at least two names")
+            return labels
+        labels = [x.strip() for x in spec.split(",") if x.strip()]
+        if len(labels) < 2:
+            raise ValueError("labels: give at least two class names, or a labels.json file")
+        return labels
+    if model_dir is not None and (found := read_labels_from_config(model_dir)) and len(found) >= 2:
+        return found
+    raise ValueError("labels: none given and the model config has no id2label; set --labels")
+
+
+def open_federation(
+    s: CoordinatorSettings, store: Store, labels: list[str], ckpt_dir: Path
+) -> tuple[GlobalModel, Federation]:
+    """Load the model, create the federation's row or find it, and bring the model to the version the
+    database records (checkpointing version 0 of a new federation)."""
+    model, tokenizer = load_model(s.model, labels, seed=s.seed, task=s.task)  # type: ignore[arg-type]
+    assets = save_assets(model, tokenizer, s.data_dir / "assets" / s.federation)
+    tensors = global_tensors(model)
+    gm = GlobalModel(model, tokenizer, assets, block_map(model), expected_of(tensors))
+    fed = store.get_or_create_federation(
+        s.federation,
+        model_name=str(s.model),
+        num_labels=len(labels),
+        task_kind=s.task,
+        total_rounds=s.rounds,
+        num_parameters=sum(t.numel() for t in tensors.values()),
+        config=s.record() | {"labels": labels},
+    )
+    if fed.task_kind != s.task:
+        raise ValueError(
+            f"federation {s.federation!r} was created for task {fed.task_kind}, not {s.task}; "
+            "start a new federation (--federation) to change the task"
+        )
+    resume_version(fed, gm, ckpt_dir, s.federation)
+    store.update_federation(
+        fed.id,
+        model_version=gm.version,
+        model_hash=gm.hash,
+        total_rounds=s.rounds,
+        state=FederationState.RUNNING.value,
+        error=None,
+        config=s.record() | {"labels": labels},  # a restart may change settings: record them
+    )
+    return gm, fed
 
 
 def resume_version(fed: Federation, gm: GlobalModel, ckpt_dir: Path, name: str) -> None:

@@ -66,7 +66,9 @@ class CoordinatorServer:
         s = self.settings
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.runner.authorise, RateLimiter(s.rate_limit, s.rate_burst))],
+            interceptors=[
+                AuthInterceptor(self.runner.sessions.authorise, RateLimiter(s.rate_limit, s.rate_burst))
+            ],
             options=CHANNEL_OPTIONS,
         )
         pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(self.runner), self.server)

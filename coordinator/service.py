@@ -26,7 +26,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.runner = runner
 
     def _session(self, worker_id: str, context: grpc.aio.ServicerContext) -> Session:
-        return self.runner.session(worker_id, _token(context))
+        return self.runner.sessions.get(worker_id, _token(context))
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
         return await self.runner.join(request, _token(context))
@@ -38,8 +38,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def PullModel(
         self, request: pb.PullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelChunk]:
-        sess = self._session(request.worker_id, context)
-        async for chunk in self.runner.pull(sess, request):
+        self._session(request.worker_id, context)  # authenticates the caller
+        async for chunk in self.runner.downloads.pull(request):
             yield chunk
 
     async def PushUpdate(
@@ -50,12 +50,12 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("an update stream must start with its header")
-        sess = self.runner.session(first.header.worker_id, token)
-        return await self.runner.push(sess, first, aiter(request_iterator))
+        sess = self.runner.sessions.get(first.header.worker_id, token)
+        return await self.runner.uploads.push(sess, first, aiter(request_iterator))
 
     async def ReportMetrics(
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext
     ) -> pb.MetricsAck:
         sess = self._session(request.worker_id, context)
-        await self.runner.report(sess, request)
+        await self.runner.uploads.report(sess, request)
         return pb.MetricsAck()

@@ -91,6 +91,12 @@ class Sessions:
                 del self.by_uid[uid]
                 log.info("worker %s removed: its token was revoked", sess.name)
 
+    async def beat(self, every: float = 2.0) -> None:
+        """Record the heartbeats every few seconds, off the event loop."""
+        while True:
+            await asyncio.sleep(every)
+            await asyncio.to_thread(self.heartbeats)
+
     def heartbeats(self) -> None:
         """Record when each worker was last seen (a missed write must not stop the federation)."""
         now_m, now = time.monotonic(), utcnow()

@@ -1,5 +1,6 @@
-"""Update uploads: receive one update while it streams, into the open round's sums and its spool file;
-refuse it whole on any problem, with the reason recorded; acknowledge a retried one once."""
+"""What workers send: updates, received while they stream into the open round's sums and its spool file,
+refused whole on any problem with the reason recorded, a retried one acknowledged once; and their
+evaluation reports."""
 
 from __future__ import annotations
 
@@ -157,3 +158,32 @@ class Uploads:
         log.info("update from %s for round %d is one already counted: acknowledged again", sess.name, h.round)
         self.metrics.updates.labels(self.federation, "duplicate", "OK").inc()
         return pb.PushReply(accepted=True, duplicate=True, received_bytes=received, raw_bytes=raw)
+
+    async def report(self, sess: Session, req: pb.MetricsReport) -> None:
+        """A worker's evaluation of a version on its held-out split, recorded with the round."""
+        r = self.current()
+        if r is not None and req.round == r.number:
+            rid: int | None = r.db_id
+        else:
+            rid = next(
+                (
+                    x.id
+                    for x in await asyncio.to_thread(self.store.rounds, self.fed_id)
+                    if x.number == req.round
+                ),
+                None,
+            )
+        if rid is None:
+            raise FailedPrecondition(f"no round {req.round} in this federation")
+        if not (0.0 <= req.accuracy <= 1.0) or req.loss < 0 or req.loss != req.loss:
+            raise InvalidInput("metrics out of range (accuracy in [0, 1], loss >= 0)")
+        await asyncio.to_thread(
+            self.store.record_evaluation,
+            rid,
+            sess.db_id,
+            model_version=req.model_version,
+            split=req.split[:32] or "local-test",
+            num_samples=req.num_samples,
+            loss=req.loss,
+            accuracy=req.accuracy,
+        )

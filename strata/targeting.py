@@ -174,6 +174,16 @@ class Targeting:
             rng=random.Random(c.seed * 1_000_003 + round_number),
         )
 
+    def describe(self, plan: RoundPlan) -> str:
+        """What a round trains and applies, in words, for the round's log line."""
+        if not self.active:
+            return "every block (policy full)"
+        c = self.config
+        if c.schedule == "server-masked":
+            return f"every block trains, {c.policy} chooses which apply (server-masked)"
+        what = "probe: every block" if plan.probe else ", ".join(plan.train)
+        return f"trains {len(plan.train)}/{len(self.bmap.names)} blocks ({what})"
+
     def decide(
         self, round_number: int, plan: RoundPlan, scores: Mapping[str, BlockScore]
     ) -> tuple[list[str], list[BlockOutcome]]:
