@@ -209,7 +209,6 @@ class FrameAssembler:
         self.raw_bytes = 0  # fp32 bytes of the tensors decoded so far
         self.sq = 0.0  # squared L2 norm of everything decoded so far
         self.tensor_sq: dict[str, float] = {}  # the same, per tensor
-        self.blocks_done = 0
 
     def _start(self, name: str) -> None:
         if self._tensor is not None or self._file is not None:
@@ -290,7 +289,6 @@ class FrameAssembler:
         self.tensor_sq[h.name] = self.tensor_sq.get(h.name, 0.0) + sq
         st.buf = bytearray()
         st.block += 1
-        self.blocks_done += 1
         self.raw_bytes += 4 * n
         if st.out is not None:
             st.out[start : start + n] = values

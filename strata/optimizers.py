@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 NAMES = ("fedavg", "fedavgm", "fedadagrad", "fedyogi", "fedadam")
-ADAPTIVE = ("fedadagrad", "fedyogi", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -52,19 +51,6 @@ class ServerOptimizer:
     def stateful(self) -> bool:
         """Whether the optimizer keeps state between rounds (everything but plain fedavg)."""
         return self.name != "fedavg"
-
-    @property
-    def identity(self) -> bool:
-        """Plain FedAvg with η = 1: the step is the aggregate itself."""
-        return self.name == "fedavg" and self.lr == 1.0
-
-    def state_names(self) -> tuple[str, ...]:
-        """The per-tensor state this optimizer keeps."""
-        if self.name == "fedavg":
-            return ()
-        if self.name == "fedavgm":
-            return ("m",)
-        return ("m", "v")
 
 
 def step(

@@ -44,7 +44,7 @@ def test_two_rounds_match_the_formulas(name: str) -> None:
     want1, want2 = by_hand(name)
     assert float(s1) == pytest.approx(want1, rel=1e-5)
     assert float(s2) == pytest.approx(want2, rel=1e-5)
-    assert set(state2) == set(opt.state_names())
+    assert set(state2) == {"fedavg": set(), "fedavgm": {"m"}}.get(name, {"m", "v"})
     if state:  # the step is pure: the previous state was not changed in place
         assert float(state["m"]) == pytest.approx(
             by_hand("fedavgm")[0] / LR if name == "fedavgm" else (1 - B1) * D1
@@ -54,7 +54,7 @@ def test_two_rounds_match_the_formulas(name: str) -> None:
 def test_fedavg_with_unit_rate_is_the_aggregate_itself() -> None:
     d = torch.randn(5, 3)
     u, state = step(ServerOptimizer(), d, None)
-    assert torch.equal(u, d) and state == {} and ServerOptimizer().identity
+    assert torch.equal(u, d) and state == {}
     assert not ServerOptimizer().stateful and ServerOptimizer("fedadam").stateful
 
 
