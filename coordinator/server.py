@@ -146,8 +146,5 @@ class CoordinatorServer:
 
 
 def run(settings: CoordinatorSettings) -> None:
-    async def main() -> None:
-        server = CoordinatorServer(settings)
-        await server.serve()
-
-    asyncio.run(main())
+    server = CoordinatorServer(settings)  # set-up and resume read the database before any event loop runs
+    asyncio.run(server.serve())
