@@ -59,11 +59,12 @@ def step(
     """(η·u, the tensor's new state) for the aggregate `delta` of one tensor and its previous state.
 
     The arithmetic runs in float32 whatever the input; a missing state starts at m = 0, v = initial_v.
+    Plain FedAvg with η = 1 returns `delta` itself (as float32), so callers must not change it in place.
     """
     d = delta.to(torch.float32)
     state = state or {}
-    if opt.name == "fedavg":
-        return d * opt.lr if opt.lr != 1.0 else d.clone(), {}
+    if opt.name == "fedavg":  # plain FedAvg returns the aggregate itself: no copy of a model-sized tensor
+        return d * opt.lr if opt.lr != 1.0 else d, {}
     m_old = state.get("m")
     if opt.name == "fedavgm":
         m = d.clone() if m_old is None else m_old.to(torch.float32) * opt.momentum + d
