@@ -99,8 +99,9 @@ def resume_version(fed: Federation, gm: GlobalModel, ckpt_dir: Path, name: str) 
             raise RuntimeError(f"checkpoint v{version} does not match the hash recorded in the database")
         log.info("resuming federation %s at version %d", name, version)
     else:
-        version, h = 0, model_hash(global_tensors(gm.model))
-        checkpoint.save(ckpt_dir, 0, global_tensors(gm.model), h)
+        tensors = global_tensors(gm.model)
+        version, h = 0, model_hash(tensors)
+        checkpoint.save(ckpt_dir, 0, tensors, h)
     gm.version, gm.hash = version, h
 
 

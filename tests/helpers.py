@@ -202,3 +202,20 @@ def run_to_done(workers: list[Any], timeout: float = 240) -> None:
         t.join(timeout)
     if errors:
         raise errors[0]
+
+
+def run_recording(address: str, tmp_path: Path) -> dict[str, list[tuple[Any, Any]]]:
+    """Run three workers to the end; per worker name, every (task, result) it sent."""
+    sent: dict[str, list[tuple[Any, Any]]] = {f"org-{k + 1}": [] for k in range(3)}
+    workers = make_workers(
+        address,
+        make_worker_data(tmp_path / "data", 3),
+        tmp_path,
+        lambda name, task, res: sent[name].append((task, res)),
+    )
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
+            w.close()
+    return sent

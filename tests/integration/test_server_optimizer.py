@@ -12,9 +12,7 @@ import torch
 from coordinator import checkpoint
 from strata import tensorfile
 from strata.optimizers import unflatten_state
-from strata.serde import RoundTask
-from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data, make_workers, run_to_done
-from worker.trainer import TrainResult
+from tests.helpers import ServedCoordinator, coordinator_settings, run_recording
 
 BETA = 0.5
 
@@ -35,18 +33,7 @@ def test_fedavgm_steps_only_the_applied_blocks_and_keeps_the_others_state(
         prox_mu=0.01,
     )
     coord = ServedCoordinator(settings)
-    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {f"org-{k + 1}": [] for k in range(3)}
-    workers = make_workers(
-        coord.address,
-        make_worker_data(tmp_path / "data", 3),
-        tmp_path,
-        lambda name, task, res: sent[name].append((task, res)),
-    )
-    try:
-        run_to_done(workers)
-    finally:
-        for w in workers:
-            w.close()
+    sent = run_recording(coord.address, tmp_path)
     coord.wait()
 
     assert {t.config.prox_mu for items in sent.values() for t, _ in items} == {0.01}  # FedProx's μ travels

@@ -17,29 +17,16 @@ from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.serde import RoundTask, task_from_proto
+from strata.serde import task_from_proto
 from strata.targeting import Targeting
-from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data, make_workers
-from tests.helpers import run_to_done as run_all
+from tests.helpers import (
+    TOKENS,
+    ServedCoordinator,
+    coordinator_settings,
+    run_recording,
+)
 from tests.integration.test_bad_input import Client, result
-from worker.trainer import TrainResult
 from worker.upload import update_chunks
-
-
-def run(address: str, tmp_path: Path) -> dict[str, list[tuple[RoundTask, TrainResult]]]:
-    sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {f"org-{k + 1}": [] for k in range(3)}
-    workers = make_workers(
-        address,
-        make_worker_data(tmp_path / "data", 3),
-        tmp_path,
-        lambda name, task, res: sent[name].append((task, res)),
-    )
-    try:
-        run_all(workers)
-    finally:
-        for w in workers:
-            w.close()
-    return sent
 
 
 def test_pre_selected_workers_train_and_send_only_the_rounds_blocks(
@@ -56,7 +43,7 @@ def test_pre_selected_workers_train_and_send_only_the_rounds_blocks(
         probe_every=0,
     )
     coord = ServedCoordinator(settings)
-    sent = run(coord.address, tmp_path)
+    sent = run_recording(coord.address, tmp_path)
     coord.wait()
 
     model, _ = load_model(three_layer_model, synthetic.LABELS)
@@ -137,7 +124,7 @@ def test_server_masked_trains_every_block_and_applies_the_chosen_ones(
         tmp_path, db_url, three_layer_model, rounds=2, policy="fedtlu", blocks=2, schedule="server-masked"
     )
     coord = ServedCoordinator(settings)
-    sent = run(coord.address, tmp_path)
+    sent = run_recording(coord.address, tmp_path)
     coord.wait()
     bmap = block_map(load_model(three_layer_model, synthetic.LABELS)[0])
     ckpt = settings.data_dir / "checkpoints" / "test"
