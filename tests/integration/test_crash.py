@@ -180,7 +180,7 @@ def crash_and_restart(
     log2 = (tmp_path / "coordinator-2.log").read_text()
     if "round.closed" not in failpoint:  # the restart reopened round 2 with what it had accepted
         assert f"round 2 reopened after a restart with the {len(before[2])} update(s)" in log2, log2[-3000:]
-    if "push.spooled" in failpoint or "push.recorded" in failpoint:
+    if "push.recorded" in failpoint:  # (push.spooled may fire while the first row is still being written)
         assert before[2], "the kill came before any update of round 2 was recorded"
     if "push.recorded" in failpoint:  # the worker whose reply was lost sent it again: counted once
         assert "the coordinator already had this update; counted once" in caplog.text
