@@ -126,7 +126,12 @@ def make_setup(root: Path, seed: int) -> Setup:
 
 
 def federation(
-    setup: Setup, attack: str | None, defence: dict[str, Any], rounds: int = 5, scale: float = 10.0
+    setup: Setup,
+    attack: str | None,
+    defence: dict[str, Any],
+    rounds: int = 5,
+    scale: float = 10.0,
+    learning_rate: float = 3e-3,
 ) -> tuple[list[float], int]:
     """Run one federation; returns the coordinator's test accuracy after each round and the number of
     updates it refused (the attacker's, when a norm bound catches them)."""
@@ -139,7 +144,7 @@ def federation(
         rounds=rounds,
         min_workers=n,
         min_updates=3,  # the honest workers: a refused attacker must not fail the round
-        learning_rate=3e-3,
+        learning_rate=learning_rate,
         max_steps=40,
         local_epochs=5,
         eval_data=setup.eval_path,

@@ -4,6 +4,12 @@ The same experiment as `python -m bench.byzantine`, one seed and the two attacks
 for: a sign-flipped ×10 delta against the relative norm bound, a ×10 boosted delta against the
 coordinate-wise median. Undefended, either attack holds the model near chance (0.25); defended, it
 learns like the honest federation does (0.6–0.8 after five rounds on this data).
+
+The tests train at a learning rate of 2e-3 where the benchmark uses 3e-3: the workers run as threads
+that share torch's global generator (dropout), so a run is not bit-reproducible, and at 3e-3 the honest
+federation sometimes swings from 0.54 down to 0.34 in one round. At 2e-3 five rounds of it end between
+0.60 and 0.73 (late means 0.60–0.65 over six runs) and the attacks still hold the undefended mean near
+chance.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from bench.byzantine import DEFENCES, Setup, federation, make_setup
 from coordinator.store import Store
 
 ROUNDS = 5
+LEARNING_RATE = 2e-3
 
 
 def late_mean(accuracy: list[float]) -> float:
@@ -28,7 +35,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 
 def test_without_an_attacker_the_federation_learns(setup: Setup) -> None:
-    accuracy, refused = federation(setup, None, DEFENCES["none (mean)"], ROUNDS)
+    accuracy, refused = federation(setup, None, DEFENCES["none (mean)"], ROUNDS, learning_rate=LEARNING_RATE)
     assert late_mean(accuracy) >= 0.5 and refused == 0, accuracy
 
 
@@ -38,8 +45,8 @@ def test_without_an_attacker_the_federation_learns(setup: Setup) -> None:
 def test_a_byzantine_worker_ruins_the_mean_and_not_the_defended_federation(
     setup: Setup, attack: str, defence: str
 ) -> None:
-    undefended, _ = federation(setup, attack, DEFENCES["none (mean)"], ROUNDS)
-    defended, refused = federation(setup, attack, DEFENCES[defence], ROUNDS)
+    undefended, _ = federation(setup, attack, DEFENCES["none (mean)"], ROUNDS, learning_rate=LEARNING_RATE)
+    defended, refused = federation(setup, attack, DEFENCES[defence], ROUNDS, learning_rate=LEARNING_RATE)
     assert late_mean(undefended) <= 0.4, undefended
     assert late_mean(defended) >= 0.5, defended
     assert late_mean(defended) - late_mean(undefended) >= 0.2
