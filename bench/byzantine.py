@@ -36,6 +36,7 @@ from bench.common import machine, write_report
 from coordinator.store import Store
 from strata import synthetic
 from strata.data import write_examples
+from strata.member.upload import encode_update
 from strata.modeling import make_tiny_model_dir
 from tests.helpers import (
     TOKENS,
@@ -47,7 +48,6 @@ from tests.helpers import (
 )
 from worker.runner import Worker
 from worker.settings import WorkerSettings
-from worker.upload import encode_update
 
 ATTACKS = ("sign-flip", "scale", "noise")
 DEFENCES: dict[str, dict[str, Any]] = {

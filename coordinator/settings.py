@@ -8,12 +8,12 @@ from typing import Annotated
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from coordinator.tree_settings import TreeSettings
 from strata.names import ENCODINGS, TASKS
 from strata.optimizers import NAMES as OPTIMIZERS
 from strata.optimizers import ServerOptimizer
 from strata.selection import POLICIES
 from strata.serde import TrainingConfig
-from strata.settings import StrataSettings
 from strata.targeting import SCHEDULES, TargetingConfig
 
 #: settings whose value must be one of a few names (the error lists them)
@@ -65,10 +65,16 @@ RECORDED = (
     "schedule",
     "probe_every",
     "seed",
+    "parent",
+    "inner_rounds",
+    "local_blocks",
+    "residual_keep",
+    "key_aggregation",
+    "attention_temperature",
 )
 
 
-class CoordinatorSettings(StrataSettings):
+class CoordinatorSettings(TreeSettings):
     model_config = SettingsConfigDict(env_prefix="STRATA_COORDINATOR_", extra="forbid", validate_default=True)
     toml_table = "coordinator"
 
@@ -163,7 +169,9 @@ class CoordinatorSettings(StrataSettings):
         description="Held-out split (JSON Lines, .jsonl.zst or CSV) the coordinator evaluates each new version on",
     )
     eval_max_examples: int = Field(2000, ge=1, description="Evaluate on at most this many held-out examples")
-    rounds: int = Field(5, ge=1, description="Number of rounds to complete")
+    rounds: int = Field(
+        5, ge=1, description="Number of rounds to complete (a sub-federation: until its parent is done)"
+    )
     min_workers: int = Field(2, ge=1, description="Workers that must be online before a round starts")
     workers_per_round: int = Field(
         0, ge=0, description="Participants chosen per round among online workers (0: all)"

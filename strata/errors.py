@@ -31,3 +31,8 @@ class Unauthenticated(StrataError):
 
 class PermissionDenied(StrataError):
     code = "PERMISSION_DENIED"
+
+
+class MemberError(RuntimeError):
+    """A member of a federation (a worker, or a sub-federation's coordinator) cannot go on: a model it
+    cannot obtain, bad local data, a task it cannot train."""

@@ -33,6 +33,8 @@ class RoundTask:
     total_rounds: int
     topk_fraction: float = 0.1
     blocks: tuple[str, ...] = ()  # the blocks to train; empty: every block
+    local_blocks: tuple[str, ...] = ()  # key blocks a member federation keeps partly local
+    residual_keep: float = 0.0  # β: the share of its own deviation a member federation keeps in them
 
 
 def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
@@ -76,12 +78,16 @@ def task_to_proto(t: RoundTask) -> pb.Task:
         total_rounds=t.total_rounds,
         topk_fraction=t.topk_fraction,
         blocks=list(t.blocks),
+        local_blocks=list(t.local_blocks),
+        residual_keep=t.residual_keep,
     )
 
 
 def task_from_proto(m: pb.Task) -> RoundTask:
     if m.kind != pb.Task.TRAIN:
         raise ValueError("only TRAIN tasks carry a round task")
+    if not (0.0 <= m.residual_keep <= 1.0):
+        raise ValueError(f"residual_keep must be in [0, 1], not {m.residual_keep}")
     return RoundTask(
         round=m.round,
         model_version=m.model_version,
@@ -92,4 +98,6 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         total_rounds=m.total_rounds,
         topk_fraction=m.topk_fraction,
         blocks=tuple(m.blocks),
+        local_blocks=tuple(m.local_blocks),
+        residual_keep=m.residual_keep,
     )

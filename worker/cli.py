@@ -22,12 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def serve(settings: WorkerSettings) -> int:
     from strata.data import DataError
-    from worker.errors import WorkerError
+    from strata.errors import MemberError
     from worker.runner import run
 
     try:
         run(settings)
-    except (WorkerError, DataError) as exc:
+    except (MemberError, DataError) as exc:
         print(f"strata worker: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:

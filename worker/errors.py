@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from strata.errors import MemberError
 
-class WorkerError(RuntimeError):
+
+class WorkerError(MemberError):
     """The worker cannot go on (bad local data, a model that does not match, a refused update)."""

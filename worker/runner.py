@@ -9,18 +9,19 @@ from pathlib import Path
 import grpc
 
 from strata import __version__
+from strata.member.client import CoordinatorClient
+from strata.member.download import ModelCopy
+from strata.member.replica import Replica, TrainResult
+from strata.member.upload import Pending, deliver
 from strata.memory import tune_malloc
 from strata.modeling import evaluate, pick_device
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_from_proto
 from worker import ranks
-from worker.client import CoordinatorClient
-from worker.download import ModelCopy
 from worker.errors import WorkerError
 from worker.local_data import LocalData, check_labels, load_local_data
 from worker.settings import WorkerSettings
-from worker.trainer import Replica, TrainResult, train_round
-from worker.upload import Pending, deliver
+from worker.trainer import train_round
 
 # tests and benches that build updates by hand take these from here
 

@@ -7,7 +7,6 @@ import math
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,14 +16,14 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from strata.data import Example
-from strata.layers import BlockMap, block_map, set_trainable
+from strata.layers import set_trainable
+from strata.member.replica import Replica, TrainResult
 from strata.modeling import (
     autocast,
     batches,
     count_correct,
     global_tensors,
     load_tensors,
-    model_from_assets,
     model_inputs,
     task_of,
 )
@@ -33,37 +32,6 @@ from worker import ranks
 from worker.errors import WorkerError
 
 log = logging.getLogger("strata.worker")
-
-
-@dataclass(frozen=True, slots=True)
-class TrainResult:
-    """What one round of local training produced. ``loss`` and ``accuracy`` are means over the
-    predictions made while training: one per example for a classifier, one per predicted token for
-    a causal LM (next-token cross-entropy and accuracy)."""
-
-    delta: dict[str, torch.Tensor]
-    num_samples: int
-    num_steps: int
-    loss: float
-    accuracy: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Replica:
-    """The model one process trains, on its device, with its tokenizer and block map."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    bmap: BlockMap
-    device: str
-
-    @classmethod
-    def load(cls, assets: Path, device: str) -> Replica:
-        """Build the architecture and tokenizer from the assets the coordinator sent."""
-        model, tokenizer = model_from_assets(assets)
-        model.to(device)  # type: ignore[arg-type]
-        return cls(model, tokenizer, block_map(model), device)
 
 
 def train_round(

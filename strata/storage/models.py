@@ -115,6 +115,9 @@ class Worker(Base):
     num_eval_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     joined_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # a member that is itself a federation (docs/methods.md section 5): its workers and inner rounds
+    members: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    inner_rounds: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     federation: Mapped[Federation] = relationship(back_populates="workers")
 
@@ -221,6 +224,40 @@ class UpdateAlignment(Base):
     scope: Mapped[str] = mapped_column(String(8))  # "block" or "tensor"
     name: Mapped[str] = mapped_column(String(512))
     norm: Mapped[float] = mapped_column(Float)
+    cosine: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ParentRound(Base):
+    """A round of the parent federation that this sub-federation served (docs/methods.md section 5):
+    the parent's version it started from, its own version made from it, and whether its update went up."""
+
+    __tablename__ = "parent_rounds"
+    __table_args__ = (UniqueConstraint("federation_id", "parent_round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    federation_id: Mapped[int] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
+    parent_round: Mapped[int] = mapped_column(Integer)
+    parent_version: Mapped[int] = mapped_column(Integer)
+    parent_hash: Mapped[str] = mapped_column(String(64))
+    start_version: Mapped[int] = mapped_column(Integer)  # this federation's version synchronised to it
+    rounds_before: Mapped[int] = mapped_column(Integer)  # this federation's last round number before it
+    state: Mapped[str] = mapped_column(String(16), default="training")  # training, delivered, missed
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class KeyWeight(Base):
+    """One member's weight α in the attentive aggregation of one key block in one round."""
+
+    __tablename__ = "key_weights"
+    __table_args__ = (UniqueConstraint("update_id", "block"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    update_id: Mapped[int] = mapped_column(ForeignKey("updates.id", ondelete="CASCADE"), index=True)
+    block: Mapped[str] = mapped_column(String(64))
+    weight: Mapped[float] = mapped_column(Float)
     cosine: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 

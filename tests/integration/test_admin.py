@@ -17,13 +17,13 @@ from coordinator.store import Store
 from dashboard_api.app import create_app
 from dashboard_api.server import build_server
 from strata import synthetic
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
 from strata.storage.db import migrate
 from tests.helpers import ServedCoordinator, coordinator_settings, wait_until
 from tests.integration.test_bad_input import Client, result
-from worker.upload import update_chunks
 
 READ, ADMIN = "read-token-abcdefgh", "admin-key-abcdefgh"
 API = "/api/v1"

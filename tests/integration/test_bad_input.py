@@ -14,13 +14,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from coordinator.store import Store
 from strata import synthetic
+from strata.member.replica import TrainResult
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from strata.serde import task_from_proto
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, wait_until
-from worker.trainer import TrainResult
-from worker.upload import update_chunks
 
 
 def auth(token: str) -> tuple[tuple[str, str]]:

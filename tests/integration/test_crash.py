@@ -26,6 +26,7 @@ import torch
 from coordinator import checkpoint
 from coordinator.store import Store
 from strata import optimizers, tensorfile
+from strata.member.replica import TrainResult
 from strata.optimizers import ServerOptimizer
 from strata.serde import RoundTask
 from strata.storage.db import migrate
@@ -41,7 +42,6 @@ from tests.helpers import (
     wait_until,
     worker_values,
 )
-from worker.trainer import TrainResult
 
 ROUNDS = 3
 SERVER_LR = 0.05

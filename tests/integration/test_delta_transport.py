@@ -14,6 +14,7 @@ import torch
 from coordinator import checkpoint
 from coordinator.store import Store
 from strata import synthetic
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
@@ -28,7 +29,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.integration.test_bad_input import Client, result
-from worker.upload import update_chunks
 
 
 @pytest.mark.parametrize(("up", "down"), [("int8", "int8"), ("topk", "bf16"), ("bf16", "topk")])

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from coordinator import checkpoint
 from coordinator.store import Store
 from dashboard_api.app import create_app
+from strata.member.replica import TrainResult
 from strata.serde import RoundTask
 from strata.storage.models import Federation, Round, Update
 from strata.version import model_hash
@@ -24,7 +25,6 @@ from tests.helpers import (
     run_to_done,
     wait_until,
 )
-from worker.trainer import TrainResult
 
 
 def run_workers(

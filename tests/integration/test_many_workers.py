@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 
 from coordinator import checkpoint
 from coordinator.store import Store
+from strata.member.replica import TrainResult
 from strata.serde import RoundTask
 from strata.storage.models import Round, Update
 from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data, make_workers, run_to_done
-from worker.trainer import TrainResult
 
 N = 32
 

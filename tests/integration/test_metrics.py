@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard_api.app import create_app
 from strata import synthetic
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, wait_until
 from tests.integration.test_bad_input import Client, result
-from worker.upload import update_chunks
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

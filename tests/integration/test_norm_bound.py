@@ -14,11 +14,11 @@ import torch
 from coordinator import checkpoint
 from coordinator.store import Store
 from strata import synthetic
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.serde import task_from_proto
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings
 from tests.integration.test_bad_input import Client, result
-from worker.upload import update_chunks
 
 
 def filled(tiny_model: Path, value: float) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from coordinator.store import Store
 from dashboard_api.app import create_app
 from strata import synthetic
 from strata.layers import block_map
+from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
@@ -26,7 +27,6 @@ from tests.helpers import (
     run_recording,
 )
 from tests.integration.test_bad_input import Client, result
-from worker.upload import update_chunks
 
 
 def test_pre_selected_workers_train_and_send_only_the_rounds_blocks(

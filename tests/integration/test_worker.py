@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from strata.data import Example, write_examples, write_labels
+from strata.member.client import backoff_delays
 from tests.helpers import TOKENS, ServedCoordinator, coordinator_settings, make_worker_data
-from worker.client import backoff_delays
 from worker.errors import WorkerError
 from worker.local_data import LocalData, check_labels, load_local_data
 from worker.runner import Worker
@@ -90,9 +90,9 @@ def test_local_data_folder_and_label_checks(tmp_path: Path) -> None:
 def test_update_stream_is_header_frames_end(tmp_path: Path) -> None:
     import torch
 
+    from strata.member.replica import TrainResult
+    from strata.member.upload import update_chunks
     from strata.serde import RoundTask, TrainingConfig
-    from worker.trainer import TrainResult
-    from worker.upload import update_chunks
 
     delta = {"a": torch.randn(3000, 200), "b": torch.zeros(4)}
     task = RoundTask(1, 0, "h", 0.0, TrainingConfig(), "fp32", 1)

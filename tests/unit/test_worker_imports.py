@@ -27,7 +27,7 @@ def _graph() -> dict[str, set[str]]:
 
 def test_the_worker_import_graph_has_no_cycle() -> None:
     graph = _graph()
-    assert graph["worker.runner"] >= {"worker.download", "worker.upload", "worker.local_data", "worker.ranks"}
+    assert graph["worker.runner"] >= {"worker.trainer", "worker.local_data", "worker.ranks"}
     try:
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as exc:
@@ -37,6 +37,6 @@ def test_the_worker_import_graph_has_no_cycle() -> None:
 
 def test_the_check_sees_a_circle_hidden_in_a_function(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("from worker.runner import run\n")
-    (tmp_path / "b.py").write_text("def f():\n    from worker import trainer, download\n")
+    (tmp_path / "b.py").write_text("def f():\n    from worker import trainer, local_data\n")
     assert _imports(tmp_path / "a.py") == {"worker.runner"}
-    assert _imports(tmp_path / "b.py") == {"worker.trainer", "worker.download"}
+    assert _imports(tmp_path / "b.py") == {"worker.trainer", "worker.local_data"}

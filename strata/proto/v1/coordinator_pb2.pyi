@@ -9,18 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version")
+    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version", "members", "inner_rounds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    INNER_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_samples: int
     num_eval_samples: int
     device: str
     version: str
-    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    members: int
+    inner_rounds: int
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len")
@@ -67,7 +71,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., prox_mu: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks")
+    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks", "local_blocks", "residual_keep")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -88,6 +92,8 @@ class Task(_message.Message):
     TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_KEEP_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     model_version: int
@@ -98,7 +104,9 @@ class Task(_message.Message):
     total_rounds: int
     topk_fraction: float
     blocks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ..., blocks: _Optional[_Iterable[str]] = ...) -> None: ...
+    local_blocks: _containers.RepeatedScalarFieldContainer[str]
+    residual_keep: float
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ..., blocks: _Optional[_Iterable[str]] = ..., local_blocks: _Optional[_Iterable[str]] = ..., residual_keep: _Optional[float] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("worker_id", "have_version", "include_assets", "have_hash")

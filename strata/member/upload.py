@@ -16,10 +16,10 @@ from strata import codec, failpoints, tensorfile
 from strata.codec import Codec
 from strata.feedback import with_feedback
 from strata.frames import header_of, pieces
+from strata.member.client import CoordinatorClient
+from strata.member.replica import TrainResult
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask
-from worker.client import CoordinatorClient
-from worker.trainer import TrainResult
 
 log = logging.getLogger("strata.worker")
 

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import torch
 
-from strata.errors import InvalidInput
+from strata.errors import InvalidInput, MemberError
 from strata.frames import FrameAssembler, add_update, expected_of
+from strata.member.client import CoordinatorClient
+from strata.member.replica import Replica
 from strata.modeling import global_tensors, write_assets
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.version import model_hash
-from worker.client import CoordinatorClient
-from worker.errors import WorkerError
-from worker.trainer import Replica
 
 log = logging.getLogger("strata.worker")
 
@@ -54,7 +53,7 @@ class ModelCopy:
                 expected_hash[:12],
                 attempt + 1,
             )
-        raise WorkerError(f"could not obtain model version {version} with hash {expected_hash[:12]}")
+        raise MemberError(f"could not obtain model version {version} with hash {expected_hash[:12]}")
 
     def _at(self, version: int, expected_hash: str) -> Replica | None:
         """The replica, if it holds exactly `version` with `expected_hash`."""
