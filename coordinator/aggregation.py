@@ -65,17 +65,67 @@ class Aggregation:
         keep = bmap.tensors_of(applied)
         r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
         version = r.base_version + 1
+        state = dict(gm.optimizer_state)  # a tensor not applied keeps its state
+
+        def steps() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, mean in r.aggregator.result():  # one tensor at a time
+                u, new_state = optimizers.step(self.optimizer, mean, gm.optimizer_state.get(name))
+                if new_state:
+                    state[name] = new_state
+                yield name, u
+
+        h, residual, sq = self._write(version, steps(), keep)
+        if self.optimizer.stateful:
+            tensorfile.save(
+                checkpoint.optimizer_path(self.ckpt_dir, version), optimizers.flatten_state(state)
+            )
+        c = Candidate(version, h, sq**0.5, applied, residual, state)
+        c.block_rows, c.tensor_rows, c.alignments, c.noise_floor = records(gm, outcomes, div, r)
+        return c
+
+    def sync(self, target: dict[str, torch.Tensor]) -> Candidate:
+        """The next version set to `target` (a sub-federation taking its parent's version, docs/methods.md
+        section 5): the step target − θ of each tensor is encoded, applied and written exactly as a
+        round's, so the federation's workers download it as a global update like any other."""
+        params = dict(self.gm.model.named_parameters())
+        unknown = sorted(set(target) - set(self.gm.expected))
+        if unknown:
+            raise ValueError(f"the parent's model has tensors this federation's lacks: {unknown[:3]}")
+        for name, t in target.items():
+            if tuple(t.shape) != tuple(params[name].shape):
+                raise ValueError(
+                    f"{name}: the parent's shape {tuple(t.shape)} differs from {tuple(params[name].shape)}"
+                )
+
+        def steps() -> Iterator[tuple[str, torch.Tensor]]:
+            for name in sorted(target):
+                yield name, (target[name].double() - params[name].detach().double()).float()
+
+        version = self.gm.version + 1
+        h, residual, sq = self._write(version, steps(), set(target))
+        state = dict(self.gm.optimizer_state)
+        if self.optimizer.stateful and state:
+            tensorfile.save(
+                checkpoint.optimizer_path(self.ckpt_dir, version), optimizers.flatten_state(state)
+            )
+        return Candidate(version, h, sq**0.5, [], residual, state)
+
+    def _write(
+        self, version: int, steps: Iterator[tuple[str, torch.Tensor]], keep: set[str]
+    ) -> tuple[str, dict[str, torch.Tensor], float]:
+        """Encode each step u (plus the server's error feedback) for the downstream, add exactly its decoded
+        value to the model, write the encodings as `version`'s update file, then its checkpoint and server
+        residual; returns the new hash, the residual and ‖sent‖²."""
+        gm = self.gm
+        params = dict(gm.model.named_parameters())
         lossy = self.down_codec.lossy
         residual: dict[str, torch.Tensor] = {}
-        state = dict(gm.optimizer_state)  # a tensor not applied keeps its state
         sq = 0.0
 
         def frames() -> Iterator[tuple[object, list[bytes]]]:
             nonlocal sq
-            for i, (name, mean) in enumerate(r.aggregator.result()):  # one tensor at a time
-                u, new_state = optimizers.step(self.optimizer, mean, gm.optimizer_state.get(name))
-                if new_state:
-                    state[name] = new_state
+            for i, (name, step) in enumerate(steps):
+                u = step
                 e = gm.residual.get(name)
                 if lossy and e is not None and e.shape == u.shape:
                     u = u + e
@@ -86,7 +136,7 @@ class Aggregation:
                 with torch.no_grad():
                     add_update(p, sent)
                 if i == 0:
-                    failpoints.hit("coordinator.aggregate.applying")  # once a round: the model half updated
+                    failpoints.hit("coordinator.aggregate.applying")  # once a version: the model half updated
                 sq += float(sent.double().pow(2).sum())
                 yield header_of(name, p, enc), enc.blocks
 
@@ -94,17 +144,11 @@ class Aggregation:
         tensors = global_tensors(gm.model)
         h = model_hash(tensors)
         checkpoint.save(self.ckpt_dir, version, tensors, h)
-        # a block not applied this round keeps the residual it had until it is applied again
+        # a tensor not stepped keeps the residual it had until it is stepped again
         residual = {n: e for n, e in gm.residual.items() if n not in keep} | residual
         if lossy:
             tensorfile.save(checkpoint.residual_path(self.ckpt_dir, version), residual)
-        if self.optimizer.stateful:
-            tensorfile.save(
-                checkpoint.optimizer_path(self.ckpt_dir, version), optimizers.flatten_state(state)
-            )
-        c = Candidate(version, h, sq**0.5, applied, residual, state)
-        c.block_rows, c.tensor_rows, c.alignments, c.noise_floor = records(gm, outcomes, div, r)
-        return c
+        return h, residual, sq
 
 
 def records(

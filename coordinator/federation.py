@@ -26,15 +26,14 @@ from coordinator.round import Round
 from coordinator.sessions import Session, Sessions
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
+from coordinator.subfederation import ParentLink, serve_parent
 from coordinator.upload import Uploads
 from coordinator.versions import VersionFiles
 from strata import failpoints
 from strata.codec import Codec
 from strata.data import Example, read_examples
-from strata.modeling import (
-    evaluate,
-    perplexity,
-)
+from strata.hierarchy import key_blocks
+from strata.modeling import evaluate, perplexity
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_to_proto
 from strata.storage.models import FederationState, RoundState, UpdateStatus
@@ -67,6 +66,9 @@ class Federation:
         self.training = s.training()
         self.told_done: set[str] = set()
         self.metrics = CoordinatorMetrics(s.federation)
+        self.link: ParentLink | None = None  # set when this federation is a member of a parent
+        self.deadline_cap: float | None = None  # a parent round's deadline: inner rounds end by it
+        self.failures = 0  # rounds in a row that missed their quorum
 
     # ------------------------------------------------------------------ set-up and resume
     def setup(self) -> None:
@@ -75,6 +77,7 @@ class Federation:
         gm, fed = recovery.open_federation(s, self.store, self.labels, self.ckpt_dir)
         self.gm, self.fed_id = gm, fed.id
         self.targeting = Targeting(s.targeting(), gm.bmap)  # refuses a k or budget this model cannot meet
+        self.key_blocks = key_blocks(s.key_block_spec(), gm.bmap)  # kept partly local by member federations
         if s.eval_data is not None:
             self.eval_examples = read_examples(
                 s.eval_data, self.labels or None, require_labels=not self.causal
@@ -84,7 +87,7 @@ class Federation:
         self.targeting.restore(self.store.block_outcomes(self.fed_id))
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
-        self.done = self.completed >= s.rounds
+        self.done = self.completed >= s.rounds and not s.parent  # a member: done when its parent is
         self.sessions = Sessions(self.store, self.fed_id, s.worker_tokens, s.worker_timeout)
         self.metrics.watch_workers(lambda: len(self.sessions.online()))
         self.control = Control(s, self.store, self.fed_id, self.sessions)
@@ -196,6 +199,8 @@ class Federation:
                             self.s.rounds,
                             self.s.topk_fraction,
                             blocks,
+                            self.key_blocks,
+                            self.s.residual_keep,
                         )
                     )
                 remaining = deadline - time.monotonic()
@@ -213,24 +218,13 @@ class Federation:
         """Run rounds until `rounds` have completed, then linger so workers hear DONE."""
         background = [asyncio.create_task(self.sessions.beat()), asyncio.create_task(self.control.watch())]
         try:
-            failures = 0
+            if self.link is not None:
+                await serve_parent(self, self.link)
             while not self.done:
                 if not await self.control.follow():
                     self.done = True
                     break
-                r, self.resumed = self.resumed, None
-                if r is None:
-                    await self.control.wait_for_workers()
-                    if self.control.holding:
-                        continue  # asked while waiting for workers: no new round
-                    r = await self._open_round()
-                ok = await self._run_round(r)
-                failures = 0 if ok else failures + 1
-                if failures >= self.s.max_failed_rounds:
-                    failures = 0
-                    await self.control.give_up(
-                        f"{self.s.max_failed_rounds} consecutive rounds missed their quorum"
-                    )
+                await self.serve_one_round()
             end = FederationState.STOPPED if self.control.stopped else FederationState.COMPLETED
             await asyncio.to_thread(self.store.update_federation, self.fed_id, state=end.value)
             if self.control.stopped:
@@ -248,6 +242,22 @@ class Federation:
                 task.cancel()
             await asyncio.to_thread(self.sessions.heartbeats)
 
+    async def serve_one_round(self) -> bool:
+        """Run one round: the one a restart reopened, else a new one once enough workers are online.
+        False if an administrator's pause or stop came while waiting for workers (no round opened)."""
+        r, self.resumed = self.resumed, None
+        if r is None:
+            await self.control.wait_for_workers()
+            if self.control.holding:
+                return False
+            r = await self._open_round()
+        ok = await self._run_round(r)
+        self.failures = 0 if ok else self.failures + 1
+        if self.failures >= self.s.max_failed_rounds:
+            self.failures = 0
+            await self.control.give_up(f"{self.s.max_failed_rounds} consecutive rounds missed their quorum")
+        return True
+
     def _target(self, participants: int) -> int:
         """Updates that close a round early: workers_per_round (fewer invited with over-selection), else all."""
         return max(1, min(self.s.workers_per_round or participants, participants))
@@ -260,7 +270,7 @@ class Federation:
         invite = math.ceil((self.s.workers_per_round or len(online)) * (1 + self.s.over_selection))
         chosen = online if invite >= len(online) else self.rng.sample(online, invite)
         participants = {w.uid: w.name for w in chosen}
-        deadline = time.time() + self.s.round_timeout
+        deadline = min(time.time() + self.s.round_timeout, self.deadline_cap or math.inf)
         plan = self.targeting.plan(self.round_number)
         db_id = await asyncio.to_thread(
             self.store.open_round,
@@ -359,7 +369,7 @@ class Federation:
         """The database records version c: workers may have it now, and older state can go."""
         self.gm.publish(c)
         self.completed += 1
-        self.done = self.completed >= self.s.rounds
+        self.done = self.completed >= self.s.rounds and self.link is None
         self.metrics.version.labels(self.s.federation).set(c.version)
         failpoints.hit("coordinator.round.closed")  # recorded; the spool and old residuals not yet pruned
         self.versions.prune(c.version, self.s.history)
@@ -373,19 +383,13 @@ class Federation:
     def _log_done(
         self, r: Round, c: Candidate, test_loss: float | None, test_acc: float | None, started: float
     ) -> None:
-        if test_loss is None or test_acc is None:
-            acc = "n/a"
-        else:
-            acc = f"perplexity {perplexity(test_loss):.2f}" if self.causal else f"accuracy {test_acc:.4f}"
-        targeted = f", applied {', '.join(c.applied)}" if self.targeting.active else ""
+        test = "n/a"
+        if test_loss is not None and test_acc is not None:
+            test = f"perplexity {perplexity(test_loss):.2f}" if self.causal else f"accuracy {test_acc:.4f}"
+        applied = f", applied {', '.join(c.applied)}" if self.targeting.active else ""
+        seconds = time.monotonic() - started
         log.info(
-            "round %d done: %d update(s), version %d, test %s, %.1fs%s",
-            r.number,
-            len(r.accepted),
-            c.version,
-            acc,
-            time.monotonic() - started,
-            targeted,
+            f"round {r.number} done: {len(r.accepted)} update(s), version {c.version}, test {test}, {seconds:.1f}s{applied}"
         )
 
     async def _linger(self) -> None:

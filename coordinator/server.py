@@ -19,6 +19,7 @@ from coordinator.ratelimit import RateLimiter
 from coordinator.service import CoordinatorService
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
+from coordinator.subfederation import connect
 from strata import atomic
 from strata.memory import tune_malloc
 from strata.proto.v1 import coordinator_pb2 as pb
@@ -46,7 +47,12 @@ class CoordinatorServer:
             torch.set_num_threads(settings.torch_threads)
         migrate(settings.database_url)
         self.store = Store(settings.database_url)
+        link = None
+        if settings.parent:  # a sub-federation: join the parent first, it decides task, labels and model
+            link, settings = connect(settings)
+            self.settings = settings
         self.runner = Federation(settings, self.store)
+        self.runner.link = link
         self.runner.setup()
         self.port = 0
         self.metrics_port = 0
@@ -117,6 +123,8 @@ class CoordinatorServer:
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.runner.metrics.close()
+        if self.runner.link is not None:
+            self.runner.link.close()
         self.store.close()
 
     async def serve(self) -> None:

@@ -71,11 +71,22 @@ class Sessions:
                 software_version=req.version[:32],
                 num_samples=req.num_samples,
                 num_eval_samples=req.num_eval_samples,
+                members=req.members or None,  # a sub-federation (docs/methods.md section 5)
+                inner_rounds=req.inner_rounds or None,
             )
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None
         sess = self.by_uid[w.uid] = Session(w.id, w.uid, name, w.token_hash, req.num_samples)
-        log.info("worker %s joined (%d samples, %s)", name, req.num_samples, req.device or "?")
+        if req.members:
+            log.info(
+                "member federation %s joined (%d workers, %d samples, %d inner round(s) per round)",
+                name,
+                req.members,
+                req.num_samples,
+                req.inner_rounds,
+            )
+        else:
+            log.info("worker %s joined (%d samples, %s)", name, req.num_samples, req.device or "?")
         return sess
 
     def online(self) -> list[Session]:
