@@ -22,6 +22,7 @@ from coordinator import checkpoint
 from coordinator.close_pass import close_pass, needs_pass
 from coordinator.divergence import RoundDivergence, measure
 from coordinator.global_model import Candidate, GlobalModel
+from coordinator.key_blocks import key_aggregate
 from coordinator.round import Round
 from coordinator.updates import Spooled
 from coordinator.versions import VersionFiles, write_frames
@@ -46,21 +47,29 @@ class Aggregation:
     versions: VersionFiles
     ckpt_dir: Path
     divergence: bool
+    key_blocks: tuple[str, ...] = ()  # kept partly local by member federations (docs/methods.md section 5)
+    key_attention: bool = False
+    temperature: float = 0.0
 
     def close(self, r: Round, refused: Sequence[Spooled]) -> Candidate:
         """Aggregate round `r` (its `refused` updates already taken out of the count) into the next version."""
         gm, bmap = self.gm, self.gm.bmap
         accepted = list(r.accepted.values())
         dots: dict[str, dict[str, float]] = {}
-        if needs_pass(r.aggregator, refused, self.divergence, len(accepted)):
-            dots = close_pass(r.aggregator, accepted, refused, dots=self.divergence)
+        attending = bool(self.key_blocks) and self.key_attention and len(accepted) > 1
+        measuring = self.divergence or attending  # attention weighs members by their cosines
+        if needs_pass(r.aggregator, refused, measuring, len(accepted)):
+            dots = close_pass(r.aggregator, accepted, refused, dots=measuring)
         params = dict(gm.model.named_parameters())
         moments = r.sums.moments()
         weight_sq = {
             n: float(torch.dot(params[n].detach().view(-1), params[n].detach().view(-1))) for n in moments
         }
         scores = block_scores(moments, weight_sq, bmap.block_of)
-        div = measure(moments, accepted, dots, bmap.block_of) if self.divergence else None
+        div = measure(moments, accepted, dots, bmap.block_of) if measuring else None
+        key = key_aggregate(
+            accepted, div, self.key_blocks, bmap, gm.expected, self.key_attention, self.temperature
+        )
         applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
         keep = bmap.tensors_of(applied)
         r.sums.drop([n for n in moments if n not in keep])  # scored, not applied (server-masked)
@@ -69,6 +78,8 @@ class Aggregation:
 
         def steps() -> Iterator[tuple[str, torch.Tensor]]:
             for name, mean in r.aggregator.result():  # one tensor at a time
+                if name in key.means:  # a key block's tensor: the attentive aggregate replaces the mean
+                    mean = key.means[name].view_as(mean)
                 u, new_state = optimizers.step(self.optimizer, mean, gm.optimizer_state.get(name))
                 if new_state:
                     state[name] = new_state
@@ -81,6 +92,7 @@ class Aggregation:
             )
         c = Candidate(version, h, sq**0.5, applied, residual, state)
         c.block_rows, c.tensor_rows, c.alignments, c.noise_floor = records(gm, outcomes, div, r)
+        c.key_weights = key.rows
         return c
 
     def sync(self, target: dict[str, torch.Tensor]) -> Candidate:

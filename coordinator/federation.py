@@ -104,6 +104,9 @@ class Federation:
             self.versions,
             self.ckpt_dir,
             s.divergence,
+            self.key_blocks,
+            s.key_aggregation == "attention",
+            s.attention_temperature,
         )
         self.downloads = Downloads(
             gm,
@@ -136,12 +139,7 @@ class Federation:
             self.store.fail_open_rounds(
                 self.fed_id, "the coordinator restarted and could not resume the round"
             )
-        if not self.sessions.token_hashes and not self.sessions.issued:
-            log.warning(
-                "no worker tokens: workers can join only with tokens issued through the dashboard API "
-                "(strata admin token issue %s LABEL)",
-                s.federation,
-            )
+        self.sessions.warn_if_closed(s.federation)
 
     def _new_round(
         self, db_id: int, number: int, plan: RoundPlan, participants: dict[str, str], deadline: float
@@ -347,6 +345,7 @@ class Federation:
             block_outcomes=c.block_rows,
             tensor_rows=c.tensor_rows,
             alignments=c.alignments,
+            key_weights=c.key_weights,
             noise_floor=c.noise_floor,
             result_version=c.version,
             result_hash=c.hash,

@@ -31,6 +31,7 @@ class Candidate:
     tensor_rows: list[dict[str, Any]] = field(default_factory=list)
     alignments: list[dict[str, Any]] = field(default_factory=list)
     noise_floor: float | None = None
+    key_weights: list[dict[str, Any]] = field(default_factory=list)  # α per member and key block
 
 
 @dataclass

@@ -55,6 +55,14 @@ class Sessions:
         sess.last_seen = time.monotonic()
         return sess
 
+    def warn_if_closed(self, federation: str) -> None:
+        if not self.token_hashes and not self.issued:
+            log.warning(
+                "no worker tokens: workers can join only with tokens issued through the dashboard API "
+                "(strata admin token issue %s LABEL)",
+                federation,
+            )
+
     async def join(self, req: pb.JoinRequest, token: str) -> Session:
         name = req.name.strip()
         if not name or len(name) > 128:

@@ -14,6 +14,7 @@ from strata.storage.models import (
     Evaluation,
     Federation,
     FederationState,
+    KeyWeight,
     Round,
     RoundBlock,
     RoundState,
@@ -150,10 +151,11 @@ class Store:
         block_outcomes: list[dict[str, Any]] | None = None,
         tensor_rows: list[dict[str, Any]] | None = None,
         alignments: list[dict[str, Any]] | None = None,
+        key_weights: list[dict[str, Any]] | None = None,
         **fields: Any,
     ) -> None:
         """Close a round and, in the same transaction, record its blocks' outcomes, its per-tensor and
-        per-worker divergence, and advance the federation (version, hash)."""
+        per-worker divergence, its key blocks' weights, and advance the federation (version, hash)."""
         with self.sessions.begin() as s:
             r = s.get(Round, round_id)
             assert r is not None
@@ -167,6 +169,8 @@ class Store:
                 s.execute(insert(RoundTensor), [{"round_id": round_id, **row} for row in tensor_rows])
             if alignments:
                 s.execute(insert(UpdateAlignment), alignments)
+            if key_weights:
+                s.execute(insert(KeyWeight), [{"round_id": round_id, **row} for row in key_weights])
             if federation_fields:
                 s.execute(
                     update(Federation)

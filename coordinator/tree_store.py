@@ -3,14 +3,11 @@ attention weights a parent records for its key blocks: one short transaction per
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 
 from coordinator.store import Store
 from strata.storage.models import (
     Federation,
-    KeyWeight,
     ParentRound,
     Round,
     RoundState,
@@ -115,9 +112,3 @@ def contributed_samples(store: Store, federation_id: int, after: int) -> int:
             .subquery()
         )
         return int(s.scalar(select(func.coalesce(func.sum(per_worker.c.n), 0))) or 0)
-
-
-def record_key_weights(store: Store, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        with store.sessions.begin() as s:
-            s.execute(insert(KeyWeight), rows)
