@@ -77,9 +77,13 @@ class Control:
         self.desired = "paused"
         self.self_paused = True
 
-    async def wait_for_workers(self) -> None:
+    async def wait_for_workers(self, until: float | None = None) -> bool:
+        """Wait until min_workers are online; False if the wall-clock time `until` came first (a parent
+        round's deadline, for a sub-federation) or an administrator holds the federation."""
         started = time.monotonic()
         while len(self.sessions.online()) < self.s.min_workers and not self.holding:
+            if until is not None and time.time() >= until:
+                return False
             if self.s.start_timeout and time.monotonic() - started > self.s.start_timeout:
                 msg = (
                     f"only {len(self.sessions.online())} of {self.s.min_workers} workers joined "
@@ -88,3 +92,4 @@ class Control:
                 await self._update(state=FederationState.FAILED.value, error=msg)
                 raise RuntimeError(msg)
             await asyncio.sleep(0.2)
+        return not self.holding

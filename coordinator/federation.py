@@ -242,11 +242,11 @@ class Federation:
 
     async def serve_one_round(self) -> bool:
         """Run one round: the one a restart reopened, else a new one once enough workers are online.
-        False if an administrator's pause or stop came while waiting for workers (no round opened)."""
+        False if no round opened: an administrator paused or stopped the federation while it waited for
+        workers, or the parent round's deadline (`deadline_cap`) came first."""
         r, self.resumed = self.resumed, None
         if r is None:
-            await self.control.wait_for_workers()
-            if self.control.holding:
+            if not await self.control.wait_for_workers(until=self.deadline_cap):
                 return False
             r = await self._open_round()
         ok = await self._run_round(r)
@@ -394,6 +394,7 @@ class Federation:
     async def _linger(self) -> None:
         if not self.s.exit_when_done:
             return
-        end = time.monotonic() + self.s.linger_seconds
-        while time.monotonic() < end and not set(self.sessions.by_uid) <= self.told_done:
+        end = time.monotonic() + self.s.linger_seconds  # every worker it knows, joined since a restart or not
+        known = {w.uid for w in await asyncio.to_thread(self.store.workers, self.fed_id)}
+        while time.monotonic() < end and not (known | set(self.sessions.by_uid)) <= self.told_done:
             await asyncio.sleep(0.1)

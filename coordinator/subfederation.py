@@ -23,7 +23,8 @@ import grpc
 import torch
 
 from coordinator import checkpoint, tree_store
-from strata import __version__
+from strata import __version__, failpoints
+from strata.errors import MemberError
 from strata.hierarchy import mix_residual
 from strata.member.client import CoordinatorClient
 from strata.member.download import ModelCopy
@@ -31,7 +32,8 @@ from strata.member.replica import TrainResult
 from strata.member.upload import Pending, deliver
 from strata.modeling import global_tensors
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.serde import RoundTask, task_from_proto
+from strata.serde import RoundTask, task_from_proto, task_to_proto
+from strata.storage.models import FederationState
 
 if TYPE_CHECKING:
     from coordinator.federation import Federation
@@ -126,9 +128,18 @@ class ParentLink:
         return global_tensors(replica.model)
 
     def deliver(self, task: RoundTask, result: TrainResult) -> bool:
-        """Send θ_c − θ_P up, with the same encoding, error feedback and duplicate rules as a worker."""
+        """Send θ_c − θ_P up, with the same encoding, error feedback and duplicate rules as a worker. A
+        parent that restarted and forgot this member (NOT_FOUND) is joined again and sent the same update."""
         pending = Pending.encode(task, result, self.residual_path)
-        return deliver(self.client, self.member_id, pending, self.residual_path)
+        for _ in range(3):
+            try:
+                return deliver(self.client, self.member_id, pending, self.residual_path)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                log.info("the parent does not know this federation any more; joining again to deliver")
+                self.join(*self.announced)
+        return False
 
     def report(self, task: RoundTask, loss: float, accuracy: float, samples: int) -> None:
         self.client.report(
@@ -173,8 +184,23 @@ def synchronised(
 
 
 async def serve_parent(fed: Federation, link: ParentLink) -> None:
-    """Serve the parent's rounds until it is done (or an administrator stops this federation)."""
+    """Serve the parent's rounds until it is done (or an administrator stops this federation). A parent
+    that refuses this federation's token ends it: state failed, with the reason."""
+    try:
+        await _serve(fed, link)
+    except grpc.RpcError as err:
+        if err.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise
+        msg = f"the parent federation at {fed.s.parent} refused this federation ({err.code().name}: {err.details()})"
+        await asyncio.to_thread(
+            fed.store.update_federation, fed.fed_id, state=FederationState.FAILED.value, error=msg
+        )
+        raise MemberError(msg) from None
+
+
+async def _serve(fed: Federation, link: ParentLink) -> None:
     s = fed.s
+    await _redeliver(fed, link)
     while not fed.done:
         if not await fed.control.follow():
             break
@@ -212,6 +238,34 @@ async def _serve_round(fed: Federation, link: ParentLink, task: RoundTask) -> No
                 break
     finally:
         fed.deadline_cap = None
+    await _send_up(fed, link, task, pr, parent, started)
+
+
+async def _redeliver(fed: Federation, link: ParentLink) -> None:
+    """After a restart: a parent round whose inner rounds had all completed but whose delivery was not
+    recorded is delivered now (the parent answers `duplicate` if it already holds it, and counts it once;
+    it would not ask for it again)."""
+    pr = await asyncio.to_thread(tree_store.unfinished, fed.store, fed.fed_id)
+    if pr is None or not pr.task:
+        return
+    done = await asyncio.to_thread(tree_store.inner_rounds, fed.store, fed.fed_id, pr.rounds_before)
+    if len(done) < fed.s.inner_rounds:
+        return  # the parent asks again while its round is open: the inner rounds go on then
+    task = task_from_proto(pb.Task.FromString(bytes.fromhex(pr.task)))
+    log.info("parent round %d: delivering the update a restart cut off", task.round)
+    parent = await asyncio.to_thread(link.pull, task)
+    await _send_up(fed, link, task, pr, parent, time.monotonic())
+
+
+async def _send_up(
+    fed: Federation,
+    link: ParentLink,
+    task: RoundTask,
+    pr: tree_store.ParentRound,
+    parent: dict[str, torch.Tensor],
+    started: float,
+) -> None:
+    """Send θ_c − θ_P for a parent round's completed inner rounds, and record what became of it."""
     done = await asyncio.to_thread(tree_store.inner_rounds, fed.store, fed.fed_id, pr.rounds_before)
     if not done:
         log.warning("parent round %d: no inner round completed; nothing to send", task.round)
@@ -221,6 +275,7 @@ async def _serve_round(fed: Federation, link: ParentLink, task: RoundTask) -> No
     result = upward(fed, task, parent, done, samples, time.monotonic() - started)
     await _announce(fed, link)  # the parent weighs the update by samples it must find plausible
     ok = await asyncio.to_thread(link.deliver, task, result)
+    failpoints.hit("coordinator.parent.delivered")  # the parent has it; this federation has not recorded it
     await asyncio.to_thread(
         tree_store.finish_parent_round, fed.store, pr.id, "delivered" if ok else "missed", samples
     )
@@ -254,6 +309,7 @@ async def _synchronise(
         c.version,
         c.hash,
         fed.round_number,
+        task_to_proto(task).SerializeToString().hex(),
     )
     gm.publish(c)
     fed.versions.prune(c.version, fed.s.history)

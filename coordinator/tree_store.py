@@ -36,6 +36,7 @@ def record_sync(
     version: int,
     version_hash: str,
     rounds_before: int,
+    task: str,
 ) -> ParentRound:
     """In one transaction: parent round `number` is being served from `version` (this federation's
     version made from the parent's), and the federation is at that version. A record of the same parent
@@ -49,6 +50,11 @@ def record_sync(
         if old is not None:
             s.delete(old)
             s.flush()
+        s.execute(  # parent rounds left unfinished (the parent moved on): their delivery is unconfirmed
+            update(ParentRound)
+            .where(ParentRound.federation_id == federation_id, ParentRound.state == "training")
+            .values(state="ended", finished_at=utcnow())
+        )
         pr = ParentRound(
             federation_id=federation_id,
             parent_round=number,
@@ -58,6 +64,7 @@ def record_sync(
             rounds_before=rounds_before,
             state="training",
             num_samples=0,
+            task=task,
         )
         s.add(pr)
         s.execute(
@@ -68,6 +75,17 @@ def record_sync(
         s.flush()
         s.expunge(pr)
         return pr
+
+
+def unfinished(store: Store, federation_id: int) -> ParentRound | None:
+    """The latest parent round still being served (a restart cut it off)."""
+    with store.sessions() as s:
+        return s.scalar(
+            select(ParentRound)
+            .where(ParentRound.federation_id == federation_id, ParentRound.state == "training")
+            .order_by(ParentRound.parent_round.desc())
+            .limit(1)
+        )
 
 
 def finish_parent_round(store: Store, row_id: int, state: str, num_samples: int) -> None:

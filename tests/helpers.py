@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -107,6 +109,53 @@ def service_env(prefix: str, values: dict[str, Any], **extra: str) -> dict[str, 
     for k, v in values.items():
         env[f"STRATA_{prefix}_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
     return env | extra
+
+
+class CoordinatorProcess:
+    """A `strata coordinator` process with these settings, optionally armed with a failpoint; a restart
+    takes the same port, database and data folder. Its output goes to `<folder>/<name>-<start>.log`."""
+
+    def __init__(self, values: dict[str, Any], folder: Path, name: str) -> None:
+        self.values = {k: v for k, v in values.items() if v is not None}
+        self.folder, self.name = folder, name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = self.starts = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.name}-{self.starts}.log"
+
+    def start(self, failpoint: str | None = None) -> int:
+        self.starts += 1
+        port_file = self.folder / f"{self.name}.port"
+        port_file.unlink(missing_ok=True)
+        values = self.values | {"listen": f"127.0.0.1:{self.port}", "port_file": port_file}
+        env = service_env("COORDINATOR", values, **({"STRATA_FAILPOINTS": failpoint} if failpoint else {}))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "wb")  # noqa: SIM115 - the process owns it
+        self.proc = proc = subprocess.Popen(
+            [sys.executable, "-m", "strata.cli", "coordinator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        wait_until(lambda: port_file.is_file() or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, self.text()
+        self.port = int(port_file.read_text())
+        return self.port
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def text(self, tail: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-tail:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def make_model(path: Path) -> Path:

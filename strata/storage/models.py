@@ -241,8 +241,9 @@ class ParentRound(Base):
     parent_hash: Mapped[str] = mapped_column(String(64))
     start_version: Mapped[int] = mapped_column(Integer)  # this federation's version synchronised to it
     rounds_before: Mapped[int] = mapped_column(Integer)  # this federation's last round number before it
-    state: Mapped[str] = mapped_column(String(16), default="training")  # training, delivered, missed
+    state: Mapped[str] = mapped_column(String(16), default="training")  # training, delivered, missed, ended
     num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    task: Mapped[str] = mapped_column(Text, default="")  # the parent's Task message (protobuf, hex)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

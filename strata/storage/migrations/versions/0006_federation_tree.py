@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("rounds_before", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("num_samples", sa.BigInteger(), nullable=False),
+        sa.Column("task", sa.Text(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
