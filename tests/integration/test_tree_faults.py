@@ -11,8 +11,8 @@ SIGKILL (strata.failpoints) and restarted on the same port, database and data fo
 from __future__ import annotations
 
 import signal
-import time
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
