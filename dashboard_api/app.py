@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from dashboard_api import metrics
 from dashboard_api.deps import require_read
 from dashboard_api.errors import ApiError, api_error, database_error
-from dashboard_api.routes import admin, divergence, federations, health, page, rounds, workers
+from dashboard_api.routes import admin, divergence, federations, health, page, rounds, tree, workers
 from strata import __version__
 from strata.storage.db import make_engine
 
@@ -76,7 +76,7 @@ def create_app(
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(ApiError, api_error)
     app.include_router(health.router)
-    for reads in (federations, rounds, divergence, workers):
+    for reads in (federations, rounds, divergence, workers, tree):
         app.include_router(reads.router, dependencies=[Depends(require_read)])
     app.include_router(admin.router)
     metrics.install(app)

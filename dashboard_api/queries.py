@@ -22,11 +22,13 @@ from dashboard_api.schemas import (
     FederationSummary,
     Page,
     RejectionOut,
+    ReportedOut,
     RoundDetail,
     RoundDivergenceOut,
     RoundOut,
     TensorDivergenceOut,
     TokenOut,
+    TreeOut,
     UpdateOut,
     WorkerDivergenceOut,
     WorkerOut,
@@ -48,6 +50,15 @@ from strata.storage.models import (
 
 M = TypeVar("M", bound=BaseModel)
 MAX_REJECTIONS = 20  # per worker, newest first
+REPORTED_SPLIT = "federation-test"  # what a member federation reports upward (coordinator/subfederation.py)
+TREE_DEFAULTS: dict[str, Any] = {  # coordinator/tree_settings.py's defaults: federations that predate them
+    "parent": None,
+    "inner_rounds": 1,
+    "local_blocks": "",
+    "residual_keep": 0.5,
+    "key_aggregation": "attention",
+    "attention_temperature": 1.0,
+}
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,22 @@ def federation_status(session: Session, fed: FederationRef, online_since: dt.dat
         last_test_accuracy=last.test_accuracy if last else None,
         last_test_loss=last.test_loss if last else None,
         config=row.config or {},
+        tree=tree(row.config or {}),
     )
+
+
+def tree(config: dict[str, Any]) -> TreeOut:
+    """The tree settings recorded in a federation's config; a missing or malformed value is the default."""
+    values: dict[str, Any] = {}
+    for key, default in TREE_DEFAULTS.items():
+        try:
+            values[key] = getattr(
+                TreeOut.model_validate(TREE_DEFAULTS | {key: config.get(key, default)}), key
+            )
+        except ValueError:  # pydantic's ValidationError
+            values[key] = default
+    values["parent"] = values["parent"] or None  # "" is a top federation
+    return TreeOut.model_validate(values)
 
 
 def rounds(
@@ -303,6 +329,20 @@ def workers(session: Session, fed: FederationRef, online_since: dt.datetime) -> 
         kept = refused.setdefault(upd.worker_id, [])
         if len(kept) < MAX_REJECTIONS:
             kept.append(_build(RejectionOut, upd, round=number))
+    latest = (
+        select(func.max(Evaluation.id))
+        .join(Round, Evaluation.round_id == Round.id)
+        .where(Round.federation_id == fed.id, Evaluation.split == REPORTED_SPLIT)
+        .group_by(Evaluation.worker_id)
+    )
+    reported = {
+        ev.worker_id: _build(ReportedOut, ev, round=number)
+        for ev, number in session.execute(
+            select(Evaluation, Round.number)
+            .join(Round, Evaluation.round_id == Round.id)
+            .where(Evaluation.id.in_(latest))
+        )
+    }
     joined: Counter[str] = Counter()
     for participants in session.scalars(select(Round.participants).where(Round.federation_id == fed.id)):
         joined.update({str(name) for name in participants or ()})
@@ -310,6 +350,8 @@ def workers(session: Session, fed: FederationRef, online_since: dt.datetime) -> 
         _build(
             WorkerOut,
             worker,
+            kind="worker" if worker.members is None else "federation",
+            reported=reported.get(worker.id),
             online=as_utc(worker.last_seen) >= online_since,
             rounds_joined=joined[worker.name],
             updates_accepted=int(accepted or 0),

@@ -47,6 +47,25 @@ class FederationSummary(_Out):
     updated_at: UtcDateTime = Field(description="When the federation row last changed (UTC).")
 
 
+class TreeOut(_Out):
+    parent: str | None = Field(
+        description="host:port of the parent federation this one is a member of; null for a top federation."
+    )
+    inner_rounds: int = Field(description="With a parent: rounds of this federation per round of the parent.")
+    local_blocks: str = Field(
+        description='Key blocks its member federations keep partly local, as configured: "top:N" or block '
+        'names, comma-separated ("" none; the resolved names are the key-weights matrix\'s rows).'
+    )
+    residual_keep: float = Field(
+        description="β: the share of its own deviation in the key blocks a member federation keeps after "
+        "each synchronisation."
+    )
+    key_aggregation: str = Field(
+        description="How the members' key-block updates are combined: attention (α ∝ n·exp(τ·cos)) or mean."
+    )
+    attention_temperature: float = Field(description="τ of the attentive aggregation of key blocks.")
+
+
 class FederationStatus(FederationSummary):
     model_hash: str = Field(description="SHA-256 of the current global model's trained tensors.")
     num_parameters: int = Field(description="Number of trainable parameters exchanged per round.")
@@ -61,6 +80,10 @@ class FederationStatus(FederationSummary):
     )
     config: dict[str, Any] = Field(description="Federation configuration as stored by the coordinator.")
     error: str | None = Field(description="Why the federation failed or paused itself, if it did.")
+    tree: TreeOut = Field(
+        description="Federations of federations: its parent, if any, and how it combines member federations "
+        "(from the config; the defaults for federations that predate them)."
+    )
 
 
 class RoundOut(_Out):
@@ -259,9 +282,29 @@ class RejectionOut(_Out):
     received_at: UtcDateTime = Field(description="When it was refused (UTC).")
 
 
+class ReportedOut(_Out):
+    round: int = Field(description="Round of this federation the metric was reported after.")
+    model_version: int = Field(description="This federation's version the member's round trained from.")
+    num_samples: int = Field(description="Held-out samples the member federation evaluated on.")
+    loss: float = Field(description="Test loss of the member federation's own model.")
+    accuracy: float = Field(description="Test accuracy of the member federation's own model.")
+    created_at: UtcDateTime = Field(description="When it was reported (UTC).")
+
+
 class WorkerOut(_Out):
     name: str = Field(description="Worker name, unique within the federation.")
-    device: str = Field(description="Device the worker trains on, e.g. cpu or cuda:0.")
+    kind: Literal["worker", "federation"] = Field(
+        description="federation: the member is a sub-federation's coordinator; worker: a plain worker."
+    )
+    members: int | None = Field(description="A member federation's worker count; null for a plain worker.")
+    inner_rounds: int | None = Field(
+        description="A member federation's rounds per round of this one; null for a plain worker."
+    )
+    reported: ReportedOut | None = Field(
+        description='A member federation\'s latest "federation-test" metric (its own held-out test loss and '
+        "accuracy, reported upward after each round); null for plain workers and before any report."
+    )
+    device: str = Field(description='Device the worker trains on, e.g. cpu or cuda:0 ("federation" for one).')
     online: bool = Field(description="Whether the worker was seen within the online window.")
     num_samples: int = Field(description="Training samples the worker holds.")
     num_eval_samples: int = Field(description="Held-out evaluation samples the worker holds.")

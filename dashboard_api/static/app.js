@@ -151,6 +151,96 @@ function heatmap(svg, m) {
   svg.dataset.rendered = String(cells);
 }
 
+// Key-block weights α over rounds: one line per block (dash) and member (colour), on [0, 1].
+function keyChart(svg, m) {
+  if (!m.rounds.length) return empty(svg, "no round with key weights yet");
+  const W = 600, H = 240, L = 40, R = 10, T = 14, B = 46;
+  clear(svg, W, H);
+  const x0 = m.rounds[0], x1 = m.rounds[m.rounds.length - 1];
+  const sx = (r) => L + (x1 === x0 ? (W - L - R) / 2 : ((r - x0) / (x1 - x0)) * (W - L - R));
+  const sy = (v) => T + (1 - v) * (H - T - B);
+  svg.appendChild(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+  svg.appendChild(el("text", { x: L - 6, y: sy(1) + 4, "text-anchor": "end" }, "1"));
+  svg.appendChild(el("text", { x: L - 6, y: sy(0), "text-anchor": "end" }, "0"));
+  const step = Math.max(1, Math.ceil(m.rounds.length / 12));
+  m.rounds.forEach((r, j) => {
+    if (j % step === 0) svg.appendChild(el("text", { x: sx(r), y: H - B + 16, "text-anchor": "middle" }, r));
+  });
+  const dashes = ["", "5 3", "1 3", "8 3 1 3"];
+  let lines = 0;
+  m.blocks.forEach((b, i) => m.members.forEach((member, k) => {
+    const pts = m.rounds.map((r, j) => [r, m.weights[i][k][j]]).filter(([, v]) => v !== null);
+    if (!pts.length) return;
+    const d = pts.map(([r, v], n) => `${n ? "L" : "M"}${sx(r).toFixed(1)},${sy(v).toFixed(1)}`).join("");
+    const path = el("path", { d, class: `k${k % 6} key-line`, "stroke-dasharray": dashes[i % dashes.length] });
+    path.appendChild(el("title", {}, `${b}, ${member}`));
+    svg.appendChild(path);
+    for (const [r, v] of pts) svg.appendChild(el("circle", { cx: sx(r), cy: sy(v), r: 2, class: `k${k % 6}` }));
+    lines += 1;
+  }));
+  m.members.forEach((member, k) => svg.appendChild(el("text", { x: L + k * 110, y: H - 16, class: `k${k % 6}` }, member)));
+  svg.appendChild(el("text", { x: L, y: H - 3 }, m.blocks.map((b, i) => `${b}: ${["solid", "dashed", "dotted", "dash-dot"][i % 4]}`).join(" · ")));
+  svg.dataset.rendered = String(lines);
+}
+
+// The key blocks: their settings, the newest round's weights per block and member, and α over rounds.
+function keyBlocks(tree, m) {
+  const section = document.getElementById("key-blocks");
+  section.hidden = !(tree.local_blocks || m.rounds.length);
+  if (section.hidden) return;
+  const resolved = m.blocks.length ? ` → ${m.blocks.map(escapeHtml).join(", ")}` : "";
+  document.getElementById("key-settings").innerHTML = [
+    `localised blocks: <b>${escapeHtml(tree.local_blocks || "none")}</b>${resolved}`,
+    `β = ${tree.residual_keep} (the share of its own a member federation keeps)`,
+    `τ = ${tree.attention_temperature}`,
+    `aggregation: ${escapeHtml(tree.key_aggregation)}`,
+  ].join(" · ");
+  const table = document.getElementById("key-weights");
+  const j = m.rounds.length - 1;
+  document.getElementById("key-caption").textContent = j < 0
+    ? "Attention weights α per key block and member: no round yet"
+    : `Attention weights α per key block and member in round ${m.rounds[j]} (cosine to the mean on hover)`;
+  table.querySelector("thead").innerHTML = `<tr><th>block</th>${m.members.map((n) => `<th class="num">${escapeHtml(n)}</th>`).join("")}</tr>`;
+  table.querySelector("tbody").innerHTML = j < 0 ? "" : m.blocks.map((b, i) => `<tr><td>${escapeHtml(b)}</td>${m.members.map((_, k) => {
+    const w = m.weights[i][k][j], c = m.cosines[i][k][j];
+    const bg = w === null ? "" : ` style="background: hsl(215, 70%, ${(97 - 45 * w).toFixed(0)}%)"`;
+    return `<td class="w"${bg} title="cos = ${c === null ? "n/a" : fmt(c, 3)}">${fmt(w, 3)}</td>`;
+  }).join("")}</tr>`).join("");
+  keyChart(document.getElementById("chart-key-weights"), m);
+}
+
+// The parent a sub-federation is a member of, and the parent rounds it served.
+function parentRounds(tree, page) {
+  const section = document.getElementById("parent");
+  section.hidden = !(tree.parent || page.total);
+  if (section.hidden) return;
+  const inner = `${tree.inner_rounds} inner round${tree.inner_rounds === 1 ? "" : "s"} per parent round`;
+  document.getElementById("parent-line").innerHTML = `member of the federation at <code>${escapeHtml(tree.parent || "?")}</code> · ${inner} · served ${page.total} parent round${page.total === 1 ? "" : "s"}`;
+  document.querySelector("#parent-rounds tbody").innerHTML = page.items.map((p) => `<tr>
+    <td class="num">${p.parent_round}</td><td class="num">${p.parent_version}</td><td class="num">${p.start_version}</td>
+    <td>${p.inner_rounds.join(", ")}</td><td>${escapeHtml(p.state)}</td><td class="num">${p.num_samples}</td>
+    <td class="num">${fmt(p.test_accuracy)}</td><td class="num">${fmt(p.test_loss)}</td>
+    <td>${p.finished_at ? new Date(p.finished_at).toLocaleString() : ""}</td></tr>`).join("");
+}
+
+// The newest rounds of the key-weights matrix (one more request only past 1000 rounds).
+async function keyWeights(enc) {
+  const m = await get(`/federations/${enc}/key-weights?limit=1000`);
+  if (m.total_rounds <= m.rounds.length) return m;
+  return get(`/federations/${enc}/key-weights?limit=1000&offset=${m.total_rounds - 1000}`);
+}
+
+function member(w) {
+  if (w.kind !== "federation") return escapeHtml(w.name);
+  const inner = `${w.inner_rounds} inner round${w.inner_rounds === 1 ? "" : "s"}`;
+  return `${escapeHtml(w.name)} <span class="badge">federation · ${w.members} worker${w.members === 1 ? "" : "s"} · ${inner}</span>`;
+}
+
+function reported(w) {
+  const r = w.reported;
+  return r ? `acc ${fmt(r.accuracy)} · loss ${fmt(r.loss)} <span class="muted">(round ${r.round})</span>` : "";
+}
+
 function card(k, v, cls = "") {
   return `<div class="card ${cls}"><div class="k">${k}</div><div class="v">${v}</div></div>`;
 }
@@ -161,11 +251,13 @@ function escapeHtml(s) {
 
 async function render(name) {
   const enc = encodeURIComponent(name);
-  const [status, page, matrix, workers] = await Promise.all([
+  const [status, page, matrix, workers, keys, served] = await Promise.all([
     get(`/federations/${enc}`),
     get(`/federations/${enc}/rounds?limit=500`),
     get(`/federations/${enc}/blocks?metric=divergence&limit=1000`),
     get(`/federations/${enc}/workers`),
+    keyWeights(enc),
+    get(`/federations/${enc}/parent-rounds?limit=500`),
   ]);
   const rounds = page.items;
   const done = rounds.filter((r) => r.state === "completed");
@@ -189,12 +281,14 @@ async function render(name) {
     { name: "downstream", values: rounds.map((r) => r.bytes_down) },
   ]);
   heatmap(document.getElementById("chart-divergence"), matrix);
-  document.querySelector("#workers tbody").innerHTML = workers.map((w) => `<tr>
-    <td>${escapeHtml(w.name)}</td>
+  keyBlocks(status.tree, keys);
+  parentRounds(status.tree, served);
+  document.querySelector("#workers tbody").innerHTML = workers.map((w) => `<tr class="${w.kind}">
+    <td>${member(w)}</td>
     <td class="${w.online ? "dot-on" : "dot-off"}">${w.online ? "● online" : "○ offline"}</td>
     <td>${escapeHtml(w.device)}</td><td class="num">${w.num_samples}</td><td class="num">${w.rounds_joined}</td>
     <td class="num">${w.updates_accepted}</td><td class="num">${w.updates_rejected}</td>
-    <td class="num">${bytes(w.bytes_up)}</td><td>${new Date(w.last_seen).toLocaleString()}</td>
+    <td class="num">${bytes(w.bytes_up)}</td><td>${reported(w)}</td><td>${new Date(w.last_seen).toLocaleString()}</td>
     <td>${w.rejections.length ? `round ${w.rejections[0].round}: ${escapeHtml(w.rejections[0].reject_reason || w.rejections[0].status)}` : ""}</td></tr>`).join("");
   const live = ["running", "created"].includes(status.state);
   document.getElementById("live").textContent = live ? `live: refreshing every ${REFRESH_MS / 1000}s` : `updated ${new Date().toLocaleTimeString()}`;

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from dashboard_api.server import build_server
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
+from tests.tree_federation import BETA, SUBS, TAU, build_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,19 +42,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def page_url(federation_db: str) -> Iterator[str]:
+@contextmanager
+def served(database_url: str) -> Iterator[str]:
+    """The dashboard on `database_url` over HTTP, in a thread: its base URL."""
     port = _free_port()
-    server = build_server(federation_db, "127.0.0.1", port, online_seconds=3600.0, log_level="warning")
+    server = build_server(database_url, "127.0.0.1", port, online_seconds=3600.0, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "dashboard did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/?federation=demo"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def page_url(federation_db: str) -> Iterator[str]:
+    with served(federation_db) as url:
+        yield f"{url}?federation=demo"
 
 
 @pytest.fixture
@@ -110,5 +121,68 @@ def test_the_page_renders_a_real_federation(page_url: str, browser, tiny_model: 
     assert all(b in labels for b in names)
     rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
     assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == ["org-1", "org-2", "org-3"]
+    assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")  # plain workers, no tree
+    assert not browser.find_element(By.ID, "key-blocks").is_displayed()
+    assert not browser.find_element(By.ID, "parent").is_displayed()
     shot = ROOT / "docs" / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def _load(browser, url: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
+    )
+    error = browser.find_element(By.ID, "error")
+    assert error.get_attribute("hidden") is not None, error.text
+
+
+def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+    """A parent with member federations: the federation badges, their reported metric and the key blocks;
+    a sub-federation: its parent and the parent rounds it served (tests/tree_federation.py)."""
+    from selenium.webdriver.common.by import By
+
+    tree = build_tree(tmp_path, f"sqlite:///{tmp_path / 'world.db'}", tiny_model)
+
+    with served(tree.parent_url) as url:
+        _load(browser, f"{url}?federation=world")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr.federation")
+        assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == [
+            f"{name} federation · 2 workers · 1 inner round" for name in SUBS
+        ]
+        for r in rows:
+            assert "acc " in r.text and "loss " in r.text and "(round 2)" in r.text
+        section = browser.find_element(By.ID, "key-blocks")
+        assert section.is_displayed()
+        settings = browser.find_element(By.ID, "key-settings").text
+        assert "top:1" in settings and "head" in settings and f"β = {BETA:g}" in settings
+        assert f"τ = {TAU:g}" in settings and "attention" in settings
+        assert "round 2" in browser.find_element(By.ID, "key-caption").text
+        header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#key-weights thead th")]
+        assert header == ["block", *SUBS]
+        cells = browser.find_elements(By.CSS_SELECTOR, "#key-weights tbody tr")
+        assert len(cells) == 2  # the highest layer and the head
+        for row in cells:
+            weights = [float(td.text) for td in row.find_elements(By.CSS_SELECTOR, "td.w")]
+            assert len(weights) == 2 and abs(sum(weights) - 1) < 2e-3
+        chart = browser.find_element(By.ID, "chart-key-weights")
+        assert chart.get_attribute("data-rendered") == "4"  # 2 blocks x 2 members
+        assert not browser.find_element(By.ID, "parent").is_displayed()
+        assert browser.save_screenshot(str(tmp_path / "tree-parent.png"))
+    with served(tree.sub_urls["sub-a"]) as url:
+        _load(browser, f"{url}?federation=sub-a")
+        assert browser.find_element(By.ID, "parent").is_displayed()
+        assert "member of the federation at 127.0.0.1:" in browser.find_element(By.ID, "parent-line").text
+        served_rounds = [
+            [td.text for td in r.find_elements(By.TAG_NAME, "td")[:6]]
+            for r in browser.find_elements(By.CSS_SELECTOR, "#parent-rounds tbody tr")
+        ]
+        assert [r[:5] for r in served_rounds] == [
+            ["1", "0", "1", "1", "delivered"],
+            ["2", "1", "3", "2", "delivered"],
+        ]
+        assert not browser.find_element(By.ID, "key-blocks").is_displayed()
+        assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")

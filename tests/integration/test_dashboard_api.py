@@ -283,6 +283,14 @@ def test_federation_status(client: TestClient, seeded: Seed) -> None:
     assert s["last_test_accuracy"] == pytest.approx(0.8)  # round 2, not the open round 3
     assert s["last_test_loss"] == pytest.approx(0.5)
     assert s["config"] == {"lr": 0.001, "layers": ["classifier"]}
+    assert s["tree"] == {  # a config without the tree settings (a federation that predates them): defaults
+        "parent": None,
+        "inner_rounds": 1,
+        "local_blocks": "",
+        "residual_keep": 0.5,
+        "key_aggregation": "attention",
+        "attention_temperature": 1.0,
+    }
     assert s["error"] is None
     assert ts(s["created_at"]) == seeded.created_at
 
@@ -452,6 +460,8 @@ def test_workers(client: TestClient, seeded: Seed) -> None:
     assert [w["updates_rejected"] for w in (w1, w2, w3)] == [0, 0, 1]
     assert [w["bytes_up"] for w in (w1, w2, w3)] == [2100, 2500, 900]
     assert w1["rejections"] == [] and len(w3["rejections"]) == 1
+    for w in (w1, w2, w3):  # plain workers: no member counts, nothing reported upward
+        assert (w["kind"], w["members"], w["inner_rounds"], w["reported"]) == ("worker", None, None, None)
     (refused,) = w3["rejections"]
     assert (refused["round"], refused["status"], refused["reject_reason"]) == (
         1,
@@ -480,6 +490,9 @@ def test_openapi_and_docs(client: TestClient) -> None:
         f"{API}/federations/{{name}}/rounds/{{number}}/blocks",
         f"{API}/federations/{{name}}/rounds/{{number}}/divergence",
         f"{API}/federations/{{name}}/blocks",
+        f"{API}/federations/{{name}}/rounds/{{number}}/key-weights",
+        f"{API}/federations/{{name}}/key-weights",
+        f"{API}/federations/{{name}}/parent-rounds",
         f"{API}/federations/{{name}}/tokens",
         f"{API}/federations/{{name}}/tokens/{{token_id}}",
         f"{API}/federations/{{name}}/pause",
@@ -489,6 +502,14 @@ def test_openapi_and_docs(client: TestClient) -> None:
     schemas = spec["components"]["schemas"]
     models = ("FederationStatus", "RoundDetail", "UpdateOut", "EvaluationOut", "WorkerOut", "Health")
     models += ("BlockOutcomeOut", "BlockMatrix", "RoundDivergenceOut", "TensorDivergenceOut", "AlignmentOut")
+    models += (
+        "TreeOut",
+        "ReportedOut",
+        "KeyWeightOut",
+        "KeyBlockWeightsOut",
+        "KeyWeightMatrix",
+        "ParentRoundOut",
+    )
     for model in models:
         for prop, info in schemas[model]["properties"].items():
             assert info.get("description"), f"{model}.{prop} has no description"
