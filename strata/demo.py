@@ -13,23 +13,20 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from strata import synthetic
 from strata.cli import settings_class
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
-from strata.demo_report import render_table, round_line
+from strata.demo_procs import Proc, Processes
+from strata.demo_report import render_table, round_line, tree_flags
 from strata.settings import StrataSettings
 from strata.split import dirichlet_split, holdout, label_histogram
 
@@ -50,13 +47,17 @@ FIXED = (
 )
 #: coordinator settings the demo does not offer: its processes talk plaintext gRPC on 127.0.0.1
 PLAINTEXT = ("tls_cert", "tls_key", "tls_client_ca")
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
+#: how a sub-federation reaches its parent: the demo's tree (--federations) sets them itself
+TREE = (
+    "parent",
+    "parent_token",
+    "parent_name",
+    "parent_tls",
+    "parent_tls_ca",
+    "parent_tls_cert",
+    "parent_tls_key",
+    "parent_tls_server_name",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--workers", type=int, default=3, help="number of worker processes (default 3)")
     p.add_argument(
-        "--data", type=Path, help="data folder with train/test splits and labels.json (default: generated)"
+        "--data",
+        type=Path,
+        action="append",
+        help="data folder with train/test splits and labels.json (default: generated); with --federations, "
+        "once per sub-federation",
     )
     p.add_argument(
         "--model", type=Path, help="transformers model directory (default: a small BERT built from a config)"
@@ -110,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="LR",
         help="local learning rate (default 1e-3 for the generated model, 5e-5 with --model)",
     )
+    tree_flags(p)
     own = {action.dest for action in p._actions}
     group = p.add_argument_group(
         "coordinator settings",
@@ -119,18 +125,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "and --min-updates = --workers (at most --workers-per-round), --round-timeout 600, --start-timeout "
         "300 and --down-encoding = --encoding; --seed also seeds the data, its split and the generated model.",
     )
-    flags = settings_class("coordinator").add_flags(group, skip={*FIXED, *PLAINTEXT, *own})
+    flags = settings_class("coordinator").add_flags(group, skip={*FIXED, *PLAINTEXT, *TREE, *own})
     p.set_defaults(func=main, coordinator_flags=[*flags, "local_epochs", "learning_rate"])
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("strata demo: --workers must be at least 1", file=sys.stderr)
+    if args.workers < 1 or args.federations < 0:
+        print("strata demo: --workers must be at least 1 and --federations at least 0", file=sys.stderr)
+        return 2
+    if len(args.data or []) > max(1, args.federations):
+        print(
+            "strata demo: --data is given once, or once per sub-federation with --federations",
+            file=sys.stderr,
+        )
         return 2
     keep = args.workdir is not None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata-demo-")).resolve()
     try:
-        demo = Demo(args, workdir)  # validates every process's settings: a bad one raises SettingsError
+        from strata.demo_tree import TreeDemo
+
+        # validates every process's settings: a bad one raises SettingsError
+        demo = TreeDemo(args, workdir) if args.federations else Demo(args, workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         return demo.run()
     finally:
@@ -138,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-class Demo:
+class Demo(Processes):
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.a = args
         self.dir = workdir
@@ -146,7 +161,7 @@ class Demo:
         self.model_dir = args.model.resolve() if args.model else workdir / "model"
         self.test_path = workdir / "test.jsonl"
         self.port_file = workdir / "coordinator.port"
-        self.names = [f"org-{k + 1}" for k in range(args.workers)]
+        self.names = [f"org-{k + 1}" for k in range(args.workers * max(1, args.federations))]
         self.worker_dirs = [workdir / "workers" / name for name in self.names]
         self.tokens = [secrets.token_urlsafe(24) for _ in self.names]
         self.db = args.db or f"sqlite:///{workdir / 'strata.db'}"
@@ -199,7 +214,7 @@ class Demo:
             "listen": "127.0.0.1:0",
             "port_file": self.port_file,
             "database_url": self.db,
-            "data_dir": self.dir / "coordinator",
+            "data_dir": self.dir / "coordinator-data",  # not "coordinator": the processes run in this folder
             "model": self.model_dir,
             "labels": str(self.dir / "labels.json"),
             "eval_data": self.test_path,
@@ -210,14 +225,14 @@ class Demo:
     # ------------------------------------------------------------------ data and model
     def prepare(self) -> None:
         a = self.a
-        if a.data is not None:
-            ds = load_dataset_dir(a.data)
+        if a.data:
+            ds = load_dataset_dir(a.data[0])
             train, test, labels = (
                 _sample(ds.train, a.train_examples or 4000, self.seed),
                 _sample(ds.test, a.test_examples, self.seed),
                 ds.labels,
             )
-            source = str(a.data)
+            source = str(a.data[0])
         else:
             train, test = synthetic.generate_splits(a.train_examples or 2400, a.test_examples, self.seed)
             labels, source = list(synthetic.LABELS), "generated topics"
@@ -251,47 +266,6 @@ class Demo:
             make_tiny_model_dir(
                 self.model_dir, [e.text for e in train], labels, seed=self.seed, max_len=self.max_seq_len
             )
-
-    # ------------------------------------------------------------------ processes
-    def start(
-        self, name: str, settings: StrataSettings, threads: int, secret: dict[str, str] | None = None
-    ) -> Proc:
-        """Run `strata <service> --config FILE` with a TOML file of these settings. Secrets go in its
-        environment, which holds no other variable of the service: it runs with exactly these settings."""
-        secret = (secret or {}) | {n: v.get_secret_value() for n, v in settings if isinstance(v, SecretStr)}
-        config = self.dir / "config" / f"{name}.toml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(settings.to_toml(exclude=secret))
-        prefix = settings.model_config.get("env_prefix", "")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(prefix)} | {
-            prefix + k.upper(): v for k, v in secret.items()
-        }
-        log = self.dir / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log, "wb")  # noqa: SIM115 - owned by the child process
-        p = subprocess.Popen(
-            [sys.executable, "-m", "strata.cli", settings.toml_table, "--config", str(config)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env
-            | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)},
-            cwd=self.dir,
-            start_new_session=True,
-        )
-        proc = Proc(name, p, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            if p.popen.poll() is None:
-                p.popen.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
 
     def run(self) -> int:
         a = self.a
@@ -328,16 +302,6 @@ class Demo:
         finally:
             self.stop_all()
 
-    def _wait_for_port(self, coord: Proc) -> int:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.port_file.is_file() and (text := self.port_file.read_text().strip()):
-                return int(text)
-            if coord.popen.poll() is not None:
-                raise SystemExit(self._fail("the coordinator exited during start-up"))
-            time.sleep(0.1)
-        raise SystemExit(self._fail("the coordinator did not start within 180s"))
-
     def _follow(self, api: str, coord: Proc) -> list[dict[str, Any]]:
         """Print a line per finished round (read from the REST API) until the coordinator exits."""
         printed: set[int] = set()
@@ -359,35 +323,6 @@ class Demo:
                 if any(p.popen.poll() not in (None, 0) for p in self.procs):
                     return rows
                 time.sleep(0.5)
-
-    def _check_exits(self) -> bool:
-        ok = True
-        for p in self.procs:
-            if p.name == "dashboard":
-                continue
-            try:
-                code = p.popen.wait(timeout=60 if p.name != "coordinator" else 5)
-            except subprocess.TimeoutExpired:
-                code = None
-            if code != 0:
-                print(
-                    f"{p.name} {'did not exit' if code is None else f'exited with status {code}'}",
-                    file=sys.stderr,
-                )
-                ok = False
-        return ok
-
-    def _print_failures(self) -> None:
-        for p in self.procs:
-            if p.popen.poll() not in (0, None) or p.name == "coordinator":
-                tail = p.log.read_text(errors="replace").splitlines()[-15:]
-                print(f"--- last lines of {p.name} ({p.log}) ---", file=sys.stderr)
-                print("\n".join(tail), file=sys.stderr)
-
-    def _fail(self, msg: str) -> int:
-        print(f"strata demo: {msg}", file=sys.stderr)
-        self._print_failures()
-        return 1
 
 
 def _sample(examples: list[Example], n: int, seed: int) -> list[Example]:

@@ -1,7 +1,9 @@
-"""What `strata demo` prints: a line per finished round and the final table, from the REST API's rounds."""
+"""What `strata demo` prints: a line per finished round and the final table, from the REST API's rounds;
+and the flags of its tree of federations (`strata/demo_tree.py`)."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 
@@ -54,3 +56,20 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{_ratio(r.get('down_ratio'))} | {f('duration_seconds', '.1f')} |"
         )
     return "\n".join(out)
+
+
+def tree_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--federations",
+        type=int,
+        default=0,
+        metavar="F",
+        help="run a two-level tree: a parent federation whose members are F sub-federations, each with "
+        "--workers workers (docs/methods.md section 5; default 0: one flat federation)",
+    )
+    p.add_argument(
+        "--tree-alpha",
+        type=float,
+        default=0.3,
+        help="with --federations and generated data: Dirichlet concentration of each sub-federation's topic mix (default 0.3)",
+    )
