@@ -183,3 +183,38 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     engine = create_engine(db)
     assert "rounds" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+@pytest.mark.e2e
+def test_demo_runs_a_tree_of_federations(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            *STRATA,
+            "demo",
+            "--federations",
+            "2",
+            "--workers",
+            "2",
+            "--rounds",
+            "2",
+            "--train-examples",
+            "600",
+            "--test-examples",
+            "100",
+            "--local-blocks",
+            "top:1",
+            "--workdir",
+            str(tmp_path / "tree"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr[-3000:]
+    for fed in ("fed-1", "fed-2"):  # each sub-federation: its own rounds, one per parent round
+        assert re.search(rf"^  {fed} round 2/2 +test acc 0\.\d{{4}}", out, re.M), out
+    assert re.search(r"^world round 2/2 +test acc 0\.\d{4}", out, re.M), out
+    assert "2 of 2 parent rounds completed" in out
+    for db in ("strata.db", "fed-1.db", "fed-2.db"):  # every federation keeps its own database
+        assert (tmp_path / "tree" / db).is_file()
