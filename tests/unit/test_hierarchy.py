@@ -29,8 +29,10 @@ def bert() -> BlockMap:
 def gpt2() -> BlockMap:
     """Blocks: embeddings (wte, which the LM head is tied to, and wpe), layer.0, layer.1, head (ln_f)."""
     model = AutoModelForCausalLM.from_config(
-        GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+        GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, tie_word_embeddings=True)
     )
+    model.tie_weights()  # once seen untied when other tests had run first in the same process (xdist)
+    assert model.lm_head.weight is model.transformer.wte.weight
     return block_map(model)
 
 
