@@ -47,8 +47,11 @@ def world(tmp_path: Path, db: str, model: Path, **overrides: Any) -> ServedCoord
     )
 
 
-def sub_values(tmp_path: Path, name: str, parent: str, token: str, **overrides: Any) -> dict[str, Any]:
-    """A sub-federation of two workers, its own SQLite database, two inner rounds per parent round."""
+def sub_values(
+    tmp_path: Path, name: str, parent: str, token: str, db: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A sub-federation of two workers, its own database (a SQLite file unless `db`), two inner rounds
+    per parent round."""
     values = dict(
         federation=name,
         model=None,
@@ -59,7 +62,7 @@ def sub_values(tmp_path: Path, name: str, parent: str, token: str, **overrides: 
         min_workers=2,
         min_updates=2,
     )
-    db = f"sqlite:///{tmp_path / f'{name}.db'}"
+    db = db or f"sqlite:///{tmp_path / f'{name}.db'}"
     return coordinator_values(tmp_path / name, db, Path("unused"), **(values | FAST | overrides))
 
 
@@ -110,9 +113,22 @@ def sub_record(values: dict[str, Any]) -> tuple[list[tuple[int, str]], list[tupl
 def test_a_sub_federation_killed_mid_inner_round_resumes_and_delivers_once(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'world.db'}"
+    kill_mid_inner_round(tmp_path, tiny_model, f"sqlite:///{tmp_path / 'world.db'}", None)
+
+
+@pytest.mark.postgres
+def test_a_sub_federation_killed_mid_inner_round_on_postgresql(
+    tmp_path: Path, tiny_model: Path, db_url: str
+) -> None:
+    """Both tiers on PostgreSQL: the parent and the sub-federation as two federations of one database."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the SQLite run is above")
+    kill_mid_inner_round(tmp_path, tiny_model, db_url, db_url)
+
+
+def kill_mid_inner_round(tmp_path: Path, tiny_model: Path, db: str, sub_db: str | None) -> None:
     parent = world(tmp_path, db, tiny_model)
-    values = sub_values(tmp_path, "sub-a", parent.address, SUB_TOKENS[0])
+    values = sub_values(tmp_path, "sub-a", parent.address, SUB_TOKENS[0], db=sub_db)
     sub = CoordinatorProcess(values, tmp_path / "logs", "sub-a")
     sub.start("coordinator.push.recorded@3")  # the first update of parent round 1's second inner round
     sent: dict[str, list[int]] = {"org-1": [], "org-2": []}
