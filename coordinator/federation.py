@@ -205,7 +205,8 @@ class Federation:
                 if remaining <= 0:
                     return pb.Task(kind=pb.Task.WAIT, total_rounds=self.s.rounds)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), timeout=remaining)
+                    async with asyncio.timeout(remaining):  # wait_for, cancelled, could leave it unlocked
+                        await self.changed.wait()
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -225,14 +226,8 @@ class Federation:
                 await self.serve_one_round()
             end = FederationState.STOPPED if self.control.stopped else FederationState.COMPLETED
             await asyncio.to_thread(self.store.update_federation, self.fed_id, state=end.value)
-            if self.control.stopped:
-                log.info(
-                    "federation %s stopped by an administrator after %d rounds",
-                    self.s.federation,
-                    self.completed,
-                )
-            else:
-                log.info("federation %s completed %d rounds", self.s.federation, self.completed)
+            how = "stopped by an administrator after" if self.control.stopped else "completed"
+            log.info("federation %s %s %d rounds", self.s.federation, how, self.completed)
             await self._notify()
             await self._linger()
         finally:
