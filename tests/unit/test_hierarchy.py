@@ -31,8 +31,9 @@ def gpt2() -> BlockMap:
     model = AutoModelForCausalLM.from_config(
         GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, tie_word_embeddings=True)
     )
-    model.tie_weights()  # once seen untied when other tests had run first in the same process (xdist)
-    assert model.lm_head.weight is model.transformer.wte.weight
+    # GPT-2 ties its LM head to wte; in a long test process it was once seen untied (whatever earlier
+    # test left behind), so tie it here: the map of a tied GPT-2 is what is tested
+    model.lm_head.weight = model.transformer.wte.weight
     return block_map(model)
 
 
