@@ -129,12 +129,12 @@ class CoordinatorServer:
 
     async def serve(self) -> None:
         """Run until the federation is done (if exit_when_done) or a signal arrives."""
-        await self.start()
         loop = self._loop = asyncio.get_running_loop()
         stop = self._stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before start() writes the port file: a signal sent
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # once it is there is handled
                 loop.add_signal_handler(sig, stop.set)
+        await self.start()
         rounds = asyncio.create_task(self.runner.run())
         stopper = asyncio.create_task(stop.wait())
         try:
