@@ -16,14 +16,7 @@ from strata.member.replica import TrainResult
 from strata.serde import RoundTask
 from strata.storage.models import KeyWeight, ParentRound, Worker
 from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_data, make_workers, run_to_done
-
-SUB_TOKENS = ["token-sub-a-11111111", "token-sub-b-22222222"]
-
-
-def sub_db(db_url: str, tmp_path: Path, name: str) -> str:
-    """A sub-federation keeps its own database: its own SQLite file, or the same PostgreSQL database
-    under its own federation name (two SQLite writers in one file would only test locking)."""
-    return f"sqlite:///{tmp_path / f'{name}.db'}" if db_url.startswith("sqlite") else db_url
+from tests.tree_federation import SUB_TOKENS, sub_db
 
 
 def test_a_sub_federation_trains_inner_rounds_and_sends_up_one_update_per_parent_round(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from coordinator import checkpoint
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from strata.storage.models import ParentRound
+from strata.storage.tokens import hash_token
 from tests.helpers import (
     CoordinatorProcess,
     ServedCoordinator,
@@ -34,7 +34,7 @@ from tests.helpers import (
     run_to_done,
     wait_until,
 )
-from tests.integration.test_tree import SUB_TOKENS
+from tests.tree_federation import SUB_TOKENS
 
 FAST = dict(task_poll_seconds=1.0, linger_seconds=3.0, torch_threads=1, round_timeout=120)
 WORKER = dict(max_backoff=0.5, connect_timeout=120)
@@ -309,7 +309,8 @@ def test_a_member_whose_token_the_parent_revoked_is_no_longer_served(
     store = Store(db)
     with session_factory(store.engine)() as s:
         issued = writes.issue_token(s, "world", "sub-a")
-    time.sleep(2.0)  # the parent reads issued and revoked tokens every control_poll_seconds (0.5 s)
+    issued_hash = hash_token(issued.token)  # the parent reads issued tokens every control_poll_seconds
+    wait_until(lambda: issued_hash in parent.server.runner.sessions.issued, timeout=30)
     values = sub_values(tmp_path, "sub-a", parent.address, issued.token, inner_rounds=1)
     sub = serve_sub(values)
     workers = make_workers(  # they give up soon after their coordinator ends
