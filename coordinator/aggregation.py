@@ -22,7 +22,7 @@ from coordinator import checkpoint
 from coordinator.close_pass import close_pass, needs_pass
 from coordinator.divergence import RoundDivergence, measure
 from coordinator.global_model import Candidate, GlobalModel
-from coordinator.key_blocks import key_aggregate
+from coordinator.key_blocks import KeyAggregate, key_aggregate
 from coordinator.round import Round
 from coordinator.updates import Spooled
 from coordinator.versions import VersionFiles, write_frames
@@ -60,6 +60,7 @@ class Aggregation:
         measuring = self.divergence or attending  # attention weighs members by their cosines
         if needs_pass(r.aggregator, refused, measuring, len(accepted)):
             dots = close_pass(r.aggregator, accepted, refused, dots=measuring)
+        r.aggregator.finalize()  # a private round's noise: everything below reads the noised sums
         params = dict(gm.model.named_parameters())
         moments = r.sums.moments()
         weight_sq = {
@@ -67,8 +68,12 @@ class Aggregation:
         }
         scores = block_scores(moments, weight_sq, bmap.block_of)
         div = measure(moments, accepted, dots, bmap.block_of) if measuring else None
-        key = key_aggregate(
-            accepted, div, self.key_blocks, bmap, gm.expected, self.key_attention, self.temperature
+        key = (
+            KeyAggregate()  # a private round publishes no per-member weight; its key blocks are in the sums
+            if r.aggregator.private
+            else key_aggregate(
+                accepted, div, self.key_blocks, bmap, gm.expected, self.key_attention, self.temperature
+            )
         )
         applied, outcomes = self.targeting.decide(r.number, r.plan, scores)
         keep = bmap.tensors_of(applied)

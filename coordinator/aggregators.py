@@ -11,12 +11,18 @@ window, and reduce each window of K rows to one.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
-from coordinator.ingest import RoundSums
+from coordinator.ingest import RoundSums, reload
 from coordinator.updates import Spooled
+from strata import privacy
+
+if TYPE_CHECKING:
+    from coordinator.privacy import Mechanism
 
 METHODS = ("mean", "median", "trimmed-mean")
 
@@ -45,9 +51,19 @@ class Aggregator:
 
     method = "mean"
     reads_spool = False  # whether the close pass must hand it every window (`reduce`)
+    streams = True  # an update's blocks enter the sums as they arrive (else when it is complete)
+    private = False  # differentially private: nothing per member may be published
 
     def __init__(self, sums: RoundSums) -> None:
         self.sums = sums
+
+    def weight(self, u: Spooled) -> float:
+        """The factor of update u's blocks in the sums."""
+        return float(u.num_samples)
+
+    def stream_weight(self, num_samples: int) -> float:
+        """The factor of an update's blocks while it streams in (0: they wait until it is complete)."""
+        return float(num_samples)
 
     def accept(self, u: Spooled) -> None:
         self.sums.commit(u.tensors, u.num_samples, u.sq)
@@ -57,6 +73,9 @@ class Aggregator:
 
     def reduce(self, name: str, start: int, rows: torch.Tensor) -> None:
         """One window of the accepted updates (K rows), in the close pass; the mean needs none."""
+
+    def finalize(self) -> None:
+        """Once the round's updates are final (after the close pass), before the sums are read."""
 
     def result(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(tensor, Δ̄) for every tensor still in the sums, in name order, in its shape; consumes the sums."""
@@ -86,7 +105,62 @@ class RobustAggregator(Aggregator):
             yield name, self.values.pop(name).reshape(self.sums.shapes[name])
 
 
-def make_aggregator(method: str, sums: RoundSums, trim: float = 0.1) -> Aggregator:
+class PrivateAggregator(Aggregator):
+    """DP-FedAvg (docs/methods.md section 6): each complete update enters the sums once, scaled by
+    min(1, S/‖Δ_k‖) (its norm is known only at its end, so its blocks do not stream: they are replayed from
+    the spool), with weight 1 whatever its samples; `finalize` adds N(0, (z_Δ·S)²) to every coordinate of
+    every tensor the round trains, carried or not, and sets each divisor to the expected participants m.
+    With adaptive clipping it also draws the noised count of unclipped updates."""
+
+    streams = False
+    private = True
+
+    def __init__(self, sums: RoundSums, mech: Mechanism) -> None:
+        super().__init__(sums)
+        self.mech = mech
+        self.lock = threading.Lock()  # complete updates are added from worker threads, one at a time
+        self.unclipped = 0
+        self.noised_unclipped: float | None = None  # adaptive clipping: Σ b_k + N(0, σ_b²), after finalize
+
+    def weight(self, u: Spooled) -> float:
+        return privacy.clip_factor(u.norm, self.mech.clip)
+
+    def stream_weight(self, num_samples: int) -> float:
+        return 0.0
+
+    def accept(self, u: Spooled) -> None:
+        with self.lock:
+            reload(u.path, self.sums, self.weight(u))
+            self.sums.commit(u.tensors, 1)
+            self.unclipped += u.norm <= self.mech.clip
+
+    def retract(self, u: Spooled) -> None:
+        with self.lock:
+            self.sums.retract(u.tensors, 1)
+            self.unclipped -= u.norm <= self.mech.clip
+
+    def finalize(self) -> None:
+        gen = privacy.noise_generator()
+        sums, std = self.sums, self.mech.update_noise * self.mech.clip
+        for name in sorted(sums.expected):
+            numel = math.prod(sums.shapes[name]) if sums.shapes[name] else 1
+            buf = sums.sums.get(name)
+            if buf is None:
+                buf = sums.sums[name] = torch.zeros(numel, dtype=sums.dtype)
+            for start in range(0, numel, 1 << 20):  # float64 noise, a chunk at a time
+                part = buf[start : start + (1 << 20)]
+                part.copy_((part.to(torch.float64) + privacy.gaussian(part.numel(), std, gen)).to(buf.dtype))
+            sums.counts[name] = self.mech.expected  # the fixed denominator m
+        if self.mech.count_noise is not None:
+            noise = float(privacy.gaussian(1, self.mech.count_noise, gen)[0])
+            self.noised_unclipped = self.unclipped + noise
+
+
+def make_aggregator(
+    method: str, sums: RoundSums, trim: float = 0.1, mech: Mechanism | None = None
+) -> Aggregator:
+    if mech is not None:
+        return PrivateAggregator(sums, mech)
     if method == "mean":
         return Aggregator(sums)
     return RobustAggregator(sums, method, trim)

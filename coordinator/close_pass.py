@@ -51,7 +51,7 @@ def close_pass(
     the mean of the accepted updates (float64 dot products)."""
     sums = aggregator.sums
     out: dict[str, dict[str, float]] = {u.key: {} for u in accepted}
-    weight = {u.key: float(u.num_samples) for u in refused}
+    weight = {u.key: aggregator.weight(u) for u in refused}
     streams = {u.key: windows(blocks_of(u.path, sums.expected)) for u in [*accepted, *refused]}
     heads = {k: next(s, None) for k, s in streams.items()}
     while live := {k: h for k, h in heads.items() if h is not None}:

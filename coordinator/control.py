@@ -77,6 +77,12 @@ class Control:
         self.desired = "paused"
         self.self_paused = True
 
+    async def finish(self, reason: str) -> None:
+        """The federation ends before its planned rounds (its privacy budget is spent): record why; the
+        round loop then completes it."""
+        log.warning("federation %s: %s", self.s.federation, reason)
+        await self._update(reason=reason)
+
     async def wait_for_workers(self, until: float | None = None) -> bool:
         """Wait until min_workers are online; False if the wall-clock time `until` came first (a parent
         round's deadline, for a sub-federation) or an administrator holds the federation."""

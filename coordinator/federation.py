@@ -16,12 +16,14 @@ import time
 from coordinator import checkpoint, recovery, spool
 from coordinator.aggregation import Aggregation
 from coordinator.aggregators import make_aggregator
+from coordinator.closing import complete
 from coordinator.control import Control
 from coordinator.download import Downloads
 from coordinator.filters import make_filters, refuse_at_close
 from coordinator.global_model import Candidate
 from coordinator.ingest import RoundSums
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.privacy import Privacy
 from coordinator.round import Round
 from coordinator.sessions import Session, Sessions
 from coordinator.settings import CoordinatorSettings
@@ -33,7 +35,6 @@ from strata import failpoints
 from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.hierarchy import key_blocks
-from strata.modeling import evaluate, perplexity
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, task_to_proto
 from strata.storage.models import FederationState, RoundState, UpdateStatus
@@ -63,6 +64,7 @@ class Federation:
         self.changed = asyncio.Condition()
         self.eval_examples: list[Example] = []
         self.rng = random.Random(s.seed)
+        self.privacy: Privacy | None = None  # a private federation's sampling, mechanism and budget
         self.training = s.training()
         self.told_done: set[str] = set()
         self.metrics = CoordinatorMetrics(s.federation)
@@ -76,6 +78,9 @@ class Federation:
         s = self.s
         gm, fed = recovery.open_federation(s, self.store, self.labels, self.ckpt_dir)
         self.gm, self.fed_id = gm, fed.id
+        if s.dp:
+            self.privacy = Privacy(s, self.store, self.fed_id)
+            log.info("%s", self.privacy.plan())
         self.targeting = Targeting(s.targeting(), gm.bmap)  # refuses a k or budget this model cannot meet
         self.key_blocks = key_blocks(s.key_block_spec(), gm.bmap)  # kept partly local by member federations
         if s.eval_data is not None:
@@ -88,7 +93,7 @@ class Federation:
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
         self.done = self.completed >= s.rounds and not s.parent  # a member: done when its parent is
-        self.sessions = Sessions(self.store, self.fed_id, s.worker_tokens, s.worker_timeout)
+        self.sessions = Sessions(self.store, self.fed_id, s.worker_tokens, s.worker_timeout, s.dp)
         self.metrics.watch_workers(lambda: len(self.sessions.online()))
         self.control = Control(s, self.store, self.fed_id, self.sessions)
         self.control.desired, issued = self.store.control(self.fed_id)
@@ -127,6 +132,7 @@ class Federation:
             self.metrics,
             s.federation,
             lambda: self.current,
+            private=s.dp,
         )
         self.resumed = (
             None
@@ -145,6 +151,7 @@ class Federation:
         self, db_id: int, number: int, plan: RoundPlan, participants: dict[str, str], deadline: float
     ) -> Round:
         bmap, trains = self.gm.bmap, self.gm.bmap.tensors_of(plan.train)
+        mech = self.privacy.recorded(db_id) if self.privacy else None
         sums = RoundSums(
             {n: e for n, e in self.gm.expected.items() if n in trains},
             outside={n: b for n, b in bmap.block_of.items() if n not in trains},
@@ -159,8 +166,8 @@ class Federation:
             participants,
             deadline,
             plan,
-            target=self._target(len(participants)),
-            aggregator=make_aggregator(self.s.aggregation, sums, self.s.trim_fraction),
+            target=len(participants) if mech else self._target(len(participants)),
+            aggregator=make_aggregator(self.s.aggregation, sums, self.s.trim_fraction, mech),
         )
 
     # ------------------------------------------------------------------ what workers call
@@ -243,6 +250,12 @@ class Federation:
         if r is None:
             if not await self.control.wait_for_workers(until=self.deadline_cap):
                 return False
+            if self.privacy and (
+                why := await asyncio.to_thread(self.privacy.over_budget, self.round_number + 1)
+            ):
+                await self.control.finish(why)  # the budget is spent: the federation completes
+                self.done = True
+                return False
             r = await self._open_round()
         ok = await self._run_round(r)
         self.failures = 0 if ok else self.failures + 1
@@ -262,6 +275,10 @@ class Federation:
         online = sorted(self.sessions.online(), key=lambda w: w.name)
         invite = math.ceil((self.s.workers_per_round or len(online)) * (1 + self.s.over_selection))
         chosen = online if invite >= len(online) else self.rng.sample(online, invite)
+        dp: dict[str, object] = {}
+        if self.privacy:  # Poisson sampling with rate q, the mechanism the accountant composes
+            chosen = self.privacy.sample(online)
+            dp = self.privacy.row_fields(await asyncio.to_thread(self.privacy.mechanism, len(online)))
         participants = {w.uid: w.name for w in chosen}
         deadline = min(time.time() + self.s.round_timeout, self.deadline_cap or math.inf)
         plan = self.targeting.plan(self.round_number)
@@ -276,6 +293,7 @@ class Federation:
             dt.datetime.fromtimestamp(deadline, dt.UTC),
             blocks=list(plan.train) if self.targeting.active else None,
             probe=plan.probe,
+            **dp,
         )
         return self._new_round(db_id, self.round_number, plan, participants, deadline)
 
@@ -292,6 +310,7 @@ class Federation:
             self.targeting.describe(r.plan),
         )
         await self._notify()
+        r.check_all_in()  # a private round may have sampled no one: it releases its noise at once
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(r.all_in.wait(), timeout=max(0.0, r.deadline_unix - time.time()))
         r.close()
@@ -305,7 +324,7 @@ class Federation:
             )
             self.metrics.updates.labels(self.s.federation, UpdateStatus.REJECTED.value, "NORM_BOUND").inc()
             log.warning("update from %s for round %d rejected: %s", u.name, r.number, refused[u.key])
-        quorum = min(self.s.min_updates, len(r.participants))
+        quorum = 0 if self.privacy else min(self.s.min_updates, len(r.participants))
         if len(r.accepted) < quorum:
             reason = f"{len(r.accepted)} of {len(r.participants)} updates by the deadline; quorum is {quorum}"
             await asyncio.to_thread(
@@ -319,44 +338,10 @@ class Federation:
             log.warning("round %d failed: %s", r.number, reason)
             self._count_round(RoundState.FAILED, started)
             return False
-        await asyncio.to_thread(self.store.set_round_fields, r.db_id, state=RoundState.AGGREGATING.value)
-        t0 = time.monotonic()
-        c = await asyncio.to_thread(self.aggregation.close, r, taken)
-        agg_seconds = time.monotonic() - t0
-        self.metrics.aggregate_seconds.labels(self.s.federation).observe(agg_seconds)
-        t1 = time.monotonic()
-        test_loss = test_acc = None
-        if self.eval_examples:
-            test_loss, test_acc = await asyncio.to_thread(
-                evaluate, self.gm.model, self.gm.tokenizer, self.eval_examples, self.s.max_seq_len
-            )
-        train_loss, train_acc = r.train_metrics()
-        failpoints.hit("coordinator.round.closing")  # the version is checkpointed, not yet recorded
-        await asyncio.to_thread(
-            self.store.close_round,
-            r.db_id,
-            RoundState.COMPLETED,
-            federation_fields=dict(model_version=c.version, model_hash=c.hash),
-            block_outcomes=c.block_rows,
-            tensor_rows=c.tensor_rows,
-            alignments=c.alignments,
-            key_weights=c.key_weights,
-            noise_floor=c.noise_floor,
-            result_version=c.version,
-            result_hash=c.hash,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            test_loss=test_loss,
-            test_accuracy=test_acc,
-            update_norm=c.norm,
-            aggregate_seconds=agg_seconds,
-            eval_seconds=time.monotonic() - t1 if self.eval_examples else None,
-            duration_seconds=time.monotonic() - started,
-            **r.traffic(),
-        )
+        c, line = await complete(self, r, taken, started)
         self._publish(c, r)
         self._count_round(RoundState.COMPLETED, started)
-        self._log_done(r, c, test_loss, test_acc, started)
+        log.info(line)
         return True
 
     def _publish(self, c: Candidate, r: Round) -> None:
@@ -373,18 +358,6 @@ class Federation:
     def _count_round(self, state: RoundState, started: float) -> None:
         self.metrics.rounds.labels(self.s.federation, state.value).inc()
         self.metrics.round_seconds.labels(self.s.federation).observe(time.monotonic() - started)
-
-    def _log_done(
-        self, r: Round, c: Candidate, test_loss: float | None, test_acc: float | None, started: float
-    ) -> None:
-        test = "n/a"
-        if test_loss is not None and test_acc is not None:
-            test = f"perplexity {perplexity(test_loss):.2f}" if self.causal else f"accuracy {test_acc:.4f}"
-        applied = f", applied {', '.join(c.applied)}" if self.targeting.active else ""
-        seconds = time.monotonic() - started
-        log.info(
-            f"round {r.number} done: {len(r.accepted)} update(s), version {c.version}, test {test}, {seconds:.1f}s{applied}"
-        )
 
     async def _linger(self) -> None:
         if not self.s.exit_when_done:

@@ -115,7 +115,7 @@ class Upload:
     """One update being received: its spool file and how many of its blocks are in the sums."""
 
     writer: spool.SpoolWriter
-    num_samples: int
+    weight: float  # of its blocks in the sums as they stream (n_k for FedAvg; 0: they do not stream)
     added: int = 0
     undone: bool = False  # its blocks were taken out of the sums again
     evicted: bool = False  # its round closed before it was complete
@@ -125,7 +125,7 @@ def undo(upload: Upload, sums: RoundSums) -> None:
     """Take what a partly received update added out of the sums, once."""
     if not upload.undone:
         upload.writer.flush()
-        rollback(upload.writer.tmp, sums, upload.num_samples, upload.added)
+        rollback(upload.writer.tmp, sums, upload.weight, upload.added)
         upload.undone = True
 
 
@@ -142,8 +142,9 @@ async def receive(chunks: AsyncIterator[pb.UpdateChunk], sums: RoundSums, upload
     def add(name: str, start: int, values: torch.Tensor) -> None:
         if upload.evicted:
             raise FailedPrecondition("the round closed while this update was uploading")
-        sums.add(name, start, values, float(upload.num_samples))
-        upload.added += 1
+        if upload.weight:
+            sums.add(name, start, values, upload.weight)
+            upload.added += 1
 
     stream = FrameStream(FrameAssembler(sums.expected, on_block=add), sums.check_name)
     try:
@@ -193,26 +194,28 @@ def replay(
     return stream
 
 
-def reload(path: Path, sums: RoundSums, num_samples: int) -> Received:
-    """Add an update accepted before a coordinator restart to the reopened round's sums again, from its
-    spool file, with the checks it passed when it arrived; a file that fails them leaves the sums as
-    they were (InvalidInput, or OSError for a file that cannot be read)."""
+def reload(path: Path, sums: RoundSums, weight: float) -> Received:
+    """Add a spooled update to the sums, `weight` × its blocks, with the checks it passed when it arrived:
+    an update accepted before a coordinator restart, or (weight 0: checks only) one a private round adds
+    clipped when it is complete. A file that fails them leaves the sums as they were (InvalidInput, or
+    OSError for a file that cannot be read)."""
     added = 0
 
     def add(name: str, start: int, values: torch.Tensor) -> None:
         nonlocal added
-        sums.add(name, start, values, float(num_samples))
-        added += 1
+        if weight:
+            sums.add(name, start, values, weight)
+            added += 1
 
     try:
         stream = replay(path, sums.expected, add, sums.check_name)
     except BaseException:
-        rollback(path, sums, num_samples, added)
+        rollback(path, sums, weight, added)
         raise
     return Received.of(stream)
 
 
-def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None:
+def rollback(path: Path, sums: RoundSums, weight: float, blocks: int) -> None:
     """Subtract the first `blocks` blocks of a partly received update, replayed from its spool file."""
     if blocks == 0:
         return
@@ -221,7 +224,7 @@ def rollback(path: Path, sums: RoundSums, num_samples: int, blocks: int) -> None
     def subtract(name: str, start: int, values: torch.Tensor) -> None:
         nonlocal left
         if left > 0:
-            sums.add(name, start, values, -float(num_samples))
+            sums.add(name, start, values, -weight)
             left -= 1
 
     replay(path, sums.expected, subtract, partial=True)

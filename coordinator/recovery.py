@@ -155,7 +155,7 @@ def reopen(
         w = workers[u.worker_id]
         path = rdir / f"{w.name}.update"
         try:
-            got = reload(path, r.sums, u.num_samples)
+            got = reload(path, r.sums, r.aggregator.stream_weight(u.num_samples))  # private: checks only
         except (OSError, StrataError) as exc:
             reason = f"lost when the coordinator restarted: {exc}"
             store.set_update_status(u.id, UpdateStatus.REJECTED, reason)

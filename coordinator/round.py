@@ -134,8 +134,11 @@ class Round:
             self.aggregator.retract(u)
         return out
 
-    def train_metrics(self) -> tuple[float, float]:
-        """The accepted updates' sample-weighted training loss and accuracy."""
+    def train_metrics(self) -> tuple[float | None, float | None]:
+        """The accepted updates' sample-weighted training loss and accuracy (none in a private round:
+        the noise does not cover them)."""
+        if self.aggregator.private:
+            return None, None
         n = max(sum(u.num_samples for u in self.accepted.values()), 1)
         loss = sum(u.train_loss * u.num_samples for u in self.accepted.values()) / n
         acc = sum(u.train_accuracy * u.num_samples for u in self.accepted.values()) / n
@@ -145,7 +148,7 @@ class Round:
         """The round's counts as its database row records them."""
         return dict(
             num_updates=len(self.accepted),
-            num_samples=self.sums.total_samples,
+            num_samples=0 if self.aggregator.private else self.sums.total_samples,
             bytes_up=self.bytes_up,
             raw_bytes_up=self.raw_bytes_up,
             bytes_down=self.bytes_down,

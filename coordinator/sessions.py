@@ -33,8 +33,11 @@ class Sessions:
     """Tokens from the settings and those issued through the dashboard API (`issued`, refreshed by the
     control loop), and the sessions of the workers that joined with them."""
 
-    def __init__(self, store: Store, fed_id: int, tokens: list[str], worker_timeout: float) -> None:
+    def __init__(
+        self, store: Store, fed_id: int, tokens: list[str], worker_timeout: float, private: bool = False
+    ) -> None:
         self.store = store
+        self.private = private  # differential privacy: a member's sample counts are kept off the record
         self.fed_id = fed_id
         self.token_hashes = {hash_token(t) for t in tokens}
         self.issued: set[str] = set()  # hashes of the valid tokens issued through the dashboard API
@@ -77,15 +80,17 @@ class Sessions:
                 token,
                 device=req.device[:64],
                 software_version=req.version[:32],
-                num_samples=req.num_samples,
-                num_eval_samples=req.num_eval_samples,
+                num_samples=0 if self.private else req.num_samples,
+                num_eval_samples=0 if self.private else req.num_eval_samples,
                 members=req.members or None,  # a sub-federation (docs/methods.md section 5)
                 inner_rounds=req.inner_rounds or None,
             )
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None
         sess = self.by_uid[w.uid] = Session(w.id, w.uid, name, w.token_hash, req.num_samples)
-        if req.members:
+        if self.private:
+            log.info("%s %s joined", "member federation" if req.members else "worker", name)
+        elif req.members:
             log.info(
                 "member federation %s joined (%d workers, %d samples, %d inner round(s) per round)",
                 name,

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from coordinator.tree_settings import TreeSettings
+from coordinator.privacy_settings import PrivacySettings
 from strata.names import ENCODINGS, TASKS
 from strata.optimizers import NAMES as OPTIMIZERS
 from strata.optimizers import ServerOptimizer
@@ -71,10 +71,20 @@ RECORDED = (
     "residual_keep",
     "key_aggregation",
     "attention_temperature",
+    "dp",
+    "dp_noise_multiplier",
+    "dp_clip",
+    "dp_delta",
+    "dp_target_epsilon",
+    "dp_sampling_rate",
+    "dp_adaptive_clip",
+    "dp_target_quantile",
+    "dp_clip_lr",
+    "dp_count_noise",
 )
 
 
-class CoordinatorSettings(TreeSettings):
+class CoordinatorSettings(PrivacySettings):
     model_config = SettingsConfigDict(env_prefix="STRATA_COORDINATOR_", extra="forbid", validate_default=True)
     toml_table = "coordinator"
 
@@ -259,7 +269,7 @@ class CoordinatorSettings(TreeSettings):
     divergence: bool = Field(
         True,
         description="Measure layer-wise divergence each round: per block, per tensor and per worker (a second "
-        "pass over the spooled updates, about one decode of each)",
+        "pass over the spooled updates, about one decode of each; always off with dp: it reads each member's update)",
     )
     torch_threads: int = Field(
         1,

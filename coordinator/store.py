@@ -120,9 +120,11 @@ class Store:
         deadline_at: dt.datetime,
         blocks: list[str] | None = None,
         probe: bool = False,
+        **fields: Any,
     ) -> int:
         with self.sessions.begin() as s:
             r = Round(
+                **fields,
                 federation_id=federation_id,
                 number=number,
                 base_version=base_version,
@@ -232,6 +234,32 @@ class Store:
         with self.sessions() as s:
             return list(
                 s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number))
+            )
+
+    def round_row(self, round_id: int) -> Round:
+        with self.sessions() as s:
+            r = s.get(Round, round_id)
+            assert r is not None
+            return r
+
+    def private_rounds(self, federation_id: int) -> list[tuple[float, float]]:
+        """(q, z) of every private round the federation opened, oldest first: what its ε composes."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Round.dp_sampling_rate, Round.dp_noise_multiplier)
+                .where(Round.federation_id == federation_id, Round.private.is_(True))
+                .order_by(Round.number)
+            )
+            return [(float(q), float(z)) for q, z in rows if q is not None and z is not None]
+
+    def last_next_clip(self, federation_id: int) -> float | None:
+        """The clip adaptive clipping chose at the last round that chose one."""
+        with self.sessions() as s:
+            return s.scalar(
+                select(Round.dp_next_clip)
+                .where(Round.federation_id == federation_id, Round.dp_next_clip.is_not(None))
+                .order_by(Round.number.desc())
+                .limit(1)
             )
 
     def block_outcomes(self, federation_id: int) -> list[tuple[int, str, bool, float | None]]:

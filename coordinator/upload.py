@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from coordinator import spool
 from coordinator.filters import UpdateFilter, refuse_on_complete
@@ -35,6 +36,7 @@ class Uploads:
         metrics: CoordinatorMetrics,
         federation: str,
         current: Callable[[], Round | None],
+        private: bool = False,
     ) -> None:
         self.store = store
         self.fed_id = fed_id
@@ -43,6 +45,7 @@ class Uploads:
         self.metrics = metrics
         self.federation = federation
         self.current = current
+        self.private = private  # differential privacy: nothing per member beyond what the noise covers
 
     async def push(
         self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
@@ -57,7 +60,7 @@ class Uploads:
             raise FailedPrecondition(f"update for round {h.round}, but the open round is none")
         r.check_update(sess, h)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
-        upload = r.uploads[sess.uid] = Upload(writer, h.num_samples)
+        upload = r.uploads[sess.uid] = Upload(writer, r.aggregator.stream_weight(h.num_samples))
         try:
             writer.write(first)
             got = await receive(chunks, r.sums, upload)
@@ -72,17 +75,13 @@ class Uploads:
             r.uploads.pop(sess.uid, None)
         path = writer.commit()
         failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
-        u = r.admit(
-            sess.uid,
-            sess.name,
-            path,
-            got,
-            h.num_samples,
-            train_loss=h.train_loss,
-            train_accuracy=h.train_accuracy,
-        )
-        r.recording += 1
+        r.recording += 1  # the round closes only once this update is counted and recorded
         try:
+            fields = dict(train_loss=h.train_loss, train_accuracy=h.train_accuracy)
+            if r.aggregator.streams:
+                u = r.admit(sess.uid, sess.name, path, got, h.num_samples, **fields)
+            else:  # a private round adds it clipped now, replayed from the spool: off the event loop
+                u = await asyncio.to_thread(r.admit, sess.uid, sess.name, path, got, h.num_samples, **fields)
             u.update_id = await asyncio.shield(self._record_accepted(r, sess, h, got, started))
         finally:
             r.recording -= 1
@@ -95,22 +94,27 @@ class Uploads:
     async def _record_accepted(
         self, r: Round, sess: Session, h: pb.UpdateHeader, got: Received, started: float
     ) -> int:
+        measured: dict[str, Any] = dict(
+            num_samples=h.num_samples,
+            train_loss=h.train_loss,
+            train_accuracy=h.train_accuracy,
+            update_norm=got.norm,
+        )
+        if self.private:  # per member, and not covered by the noise: kept off the record
+            measured = dict(num_samples=0)
         return await asyncio.to_thread(
             self.store.record_update,
             r.db_id,
             sess.db_id,
             UpdateStatus.ACCEPTED,
             base_version=h.base_version,
-            num_samples=h.num_samples,
             num_tensors=len(got.names),
             bytes=got.payload_bytes,
             raw_bytes=got.raw_bytes,
             num_steps=h.num_steps,
-            train_loss=h.train_loss,
-            train_accuracy=h.train_accuracy,
-            update_norm=got.norm,
             train_seconds=h.train_seconds,
             upload_seconds=time.monotonic() - started,
+            **measured,
         )
 
     async def _refused(
@@ -131,7 +135,7 @@ class Uploads:
             status,
             reason,
             base_version=h.base_version,
-            num_samples=h.num_samples,
+            num_samples=0 if self.private else h.num_samples,
         )
         # a cancelled call (the worker hung up) must still record why: shield the write from the cancel
         await asyncio.shield(record)
@@ -160,7 +164,10 @@ class Uploads:
         return pb.PushReply(accepted=True, duplicate=True, received_bytes=received, raw_bytes=raw)
 
     async def report(self, sess: Session, req: pb.MetricsReport) -> None:
-        """A worker's evaluation of a version on its held-out split, recorded with the round."""
+        """A worker's evaluation of a version on its held-out split, recorded with the round (not in a
+        private federation: a member's own loss is not covered by the noise)."""
+        if self.private:
+            return
         r = self.current()
         if r is not None and req.round == r.number:
             rid: int | None = r.db_id

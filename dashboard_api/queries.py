@@ -21,6 +21,7 @@ from dashboard_api.schemas import (
     FederationStatus,
     FederationSummary,
     Page,
+    PrivacyOut,
     RejectionOut,
     ReportedOut,
     RoundDetail,
@@ -126,6 +127,32 @@ def federation_status(session: Session, fed: FederationRef, online_since: dt.dat
         last_test_loss=last.test_loss if last else None,
         config=row.config or {},
         tree=tree(row.config or {}),
+        privacy=privacy(session, fed, row.config or {}),
+    )
+
+
+def privacy(session: Session, fed: FederationRef, config: dict[str, Any]) -> PrivacyOut:
+    """The DP settings recorded with the federation and the ε its newest private round reached."""
+    on = bool(config.get("dp"))
+    spent = session.scalar(
+        select(Round.dp_epsilon)
+        .where(Round.federation_id == fed.id, Round.dp_epsilon.is_not(None))
+        .order_by(Round.number.desc())
+        .limit(1)
+    )
+
+    def num(key: str) -> float | None:
+        value = config.get(key)
+        return float(value) if on and isinstance(value, int | float) else None
+
+    return PrivacyOut(
+        enabled=on,
+        target_epsilon=num("dp_target_epsilon"),
+        delta=num("dp_delta"),
+        epsilon=spent,
+        noise_multiplier=num("dp_noise_multiplier"),
+        sampling_rate=num("dp_sampling_rate"),
+        adaptive_clip=on and bool(config.get("dp_adaptive_clip")),
     )
 
 

@@ -66,6 +66,18 @@ class TreeOut(_Out):
     attention_temperature: float = Field(description="τ of the attentive aggregation of key blocks.")
 
 
+class PrivacyOut(_Out):
+    enabled: bool = Field(description="Whether the federation releases its models with user-level DP.")
+    target_epsilon: float | None = Field(description="The budget: the federation stops before exceeding it.")
+    delta: float | None = Field(description="δ of the (ε, δ) guarantee.")
+    epsilon: float | None = Field(
+        description="ε spent so far (after the newest private round); null before any or without DP."
+    )
+    noise_multiplier: float | None = Field(description="z: noise standard deviation over the clip norm.")
+    sampling_rate: float | None = Field(description="q: each member's probability of taking part in a round.")
+    adaptive_clip: bool = Field(description="Whether the clip norm follows a quantile of the update norms.")
+
+
 class FederationStatus(FederationSummary):
     model_hash: str = Field(description="SHA-256 of the current global model's trained tensors.")
     num_parameters: int = Field(description="Number of trainable parameters exchanged per round.")
@@ -80,6 +92,10 @@ class FederationStatus(FederationSummary):
     )
     config: dict[str, Any] = Field(description="Federation configuration as stored by the coordinator.")
     error: str | None = Field(description="Why the federation failed or paused itself, if it did.")
+    reason: str | None = Field(
+        description="Why the federation ended before its planned rounds, if it did (e.g. its privacy budget)."
+    )
+    privacy: PrivacyOut = Field(description="Differential privacy of the released models (docs/privacy.md).")
     tree: TreeOut = Field(
         description="Federations of federations: its parent, if any, and how it combines member federations "
         "(from the config; the defaults for federations that predate them)."
@@ -120,6 +136,21 @@ class RoundOut(_Out):
     noise_floor: float | None = Field(
         description="1 − Σ p_k²: the cancelled share ρ that independent random updates would show (null below "
         "two updates)."
+    )
+    private: bool = Field(
+        description="Released with differential privacy: clipped updates, equal weights, Gaussian noise; no "
+        "per-member loss, norm or sample count is recorded."
+    )
+    dp_epsilon: float | None = Field(
+        description="A private round: ε spent after it (for the federation's δ)."
+    )
+    dp_clip: float | None = Field(description="A private round: the clip norm S its updates were clipped to.")
+    dp_noise_multiplier: float | None = Field(description="A private round: z, the noise over S.")
+    dp_expected: float | None = Field(
+        description="A private round: m, the expected participants it divided by."
+    )
+    dp_unclipped: float | None = Field(
+        description="Adaptive clipping: the noised count of updates that fitted under the clip."
     )
 
     @computed_field(description="exp(test_loss): the test perplexity of a causal-lm federation.")  # type: ignore[prop-decorator]
@@ -306,7 +337,11 @@ class WorkerOut(_Out):
     )
     device: str = Field(description='Device the worker trains on, e.g. cpu or cuda:0 ("federation" for one).')
     online: bool = Field(description="Whether the worker was seen within the online window.")
-    num_samples: int = Field(description="Training samples the worker holds.")
+    num_samples: int = Field(description="Training samples the worker holds (0 in a private federation).")
+    local_epsilon: float | None = Field(
+        description="Local DP-SGD: the ε of the worker's own records it reported last (its δ: local_delta)."
+    )
+    local_delta: float | None = Field(description="Local DP-SGD: δ of local_epsilon.")
     num_eval_samples: int = Field(description="Held-out evaluation samples the worker holds.")
     joined_at: UtcDateTime = Field(description="When the worker joined (UTC).")
     last_seen: UtcDateTime = Field(description="When the worker last contacted the coordinator (UTC).")

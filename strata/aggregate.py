@@ -55,7 +55,7 @@ class FedAvgAccumulator:
         self.shapes: dict[str, tuple[int, ...]] = dict(shapes or {})
         self.dtype = dtype
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, float] = {}  # Σ n_k of the updates that carried it (a private round: m)
         self.energy: dict[str, float] = {}  # Σ_k n_k ‖Δ_k‖² per tensor, for updates that reported it
         self.total_samples = 0
         self.num_updates = 0

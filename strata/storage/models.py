@@ -79,6 +79,7 @@ class Federation(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # what an administrator asked for (running, paused, stopped); the coordinator follows it between rounds
     desired_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended (e.g. its privacy budget)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -118,6 +119,9 @@ class Worker(Base):
     # a member that is itself a federation (docs/methods.md section 5): its workers and inner rounds
     members: Mapped[int | None] = mapped_column(Integer, nullable=True)
     inner_rounds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # local DP-SGD on the worker's own records (docs/privacy.md): the (ε, δ) it reported last
+    local_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    local_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     federation: Mapped[Federation] = relationship(back_populates="workers")
 
@@ -157,6 +161,15 @@ class Round(Base):
     blocks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # trained blocks; None: every block
     probe: Mapped[bool] = mapped_column(Boolean, default=False)
     noise_floor: Mapped[float | None] = mapped_column(Float, nullable=True)  # 1 − Σ p_k²: ρ of random moves
+    # user-level differential privacy (docs/methods.md section 6): the round's mechanism and ε after it
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    dp_noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)  # z (the accountant's)
+    dp_sampling_rate: Mapped[float | None] = mapped_column(Float, nullable=True)  # q
+    dp_expected: Mapped[float | None] = mapped_column(Float, nullable=True)  # m = q · members online
+    dp_clip: Mapped[float | None] = mapped_column(Float, nullable=True)  # S used in this round
+    dp_next_clip: Mapped[float | None] = mapped_column(Float, nullable=True)  # adaptive: S of the next round
+    dp_unclipped: Mapped[float | None] = mapped_column(Float, nullable=True)  # adaptive: noised count b
+    dp_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)  # ε spent after this round
 
     federation: Mapped[Federation] = relationship(back_populates="rounds")
     block_outcomes: Mapped[list[RoundBlock]] = relationship(

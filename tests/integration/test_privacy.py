@@ -1,0 +1,174 @@
+"""User-level differential privacy over real gRPC (docs/methods.md section 6): what a private round
+releases is the clipped sum plus calibrated noise over m; ε per round is the library's; the federation
+stops at its budget; nothing per member that the noise does not cover is recorded or served."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import dp_accounting
+import pytest
+import torch
+from dp_accounting import rdp
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+
+from coordinator import checkpoint
+from dashboard_api.app import create_app
+from strata import accountant
+from strata.settings import SettingsError
+from strata.storage.models import Evaluation, Federation, Round, RoundTensor, Update, UpdateAlignment
+from tests.helpers import ServedCoordinator, coordinator_settings, run_recording
+
+Z, CLIP = 0.5, 0.02
+
+
+def _rows(db_url: str, model: type) -> list:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(model)))
+    finally:
+        engine.dispose()
+
+
+def test_a_private_round_releases_the_clipped_sum_plus_calibrated_noise(
+    tmp_path: Path, db_url: str, three_layer_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="strata.coordinator")
+    settings = coordinator_settings(
+        tmp_path,
+        db_url,
+        three_layer_model,
+        rounds=2,
+        min_updates=1,
+        dp=True,
+        dp_noise_multiplier=Z,
+        dp_clip=CLIP,
+        dp_target_epsilon=100.0,
+        eval_data=None,
+    )
+    coord = ServedCoordinator(settings)
+    sent = run_recording(coord.address, tmp_path)
+    coord.wait()
+
+    ckpt = settings.data_dir / "checkpoints" / "test"
+    v0, v1 = checkpoint.load(ckpt, 0), checkpoint.load(ckpt, 1)
+    updates = [next(res for t, res in sent[name] if t.round == 1) for name in sorted(sent)]
+    norms = [math.sqrt(sum(float(d.double().pow(2).sum()) for d in u.delta.values())) for u in updates]
+    assert min(norms) > CLIP, "the test wants every update clipped"
+    m = 3.0  # q = 1, three members online: the fixed denominator
+    noise = []
+    for name in v0:
+        clipped = sum(u.delta[name].double() * (CLIP / n) for u, n in zip(updates, norms, strict=True))
+        noise.append((m * (v1[name] - v0[name]).double() - clipped).view(-1))
+    x = torch.cat(noise)
+    sigma = Z * CLIP
+    assert x.numel() > 20_000
+    assert float(x.mean()) == pytest.approx(0.0, abs=5 * sigma / math.sqrt(x.numel()))
+    assert float(x.std()) == pytest.approx(sigma, rel=0.03), "noise std must be z·S on the sum"
+    assert float((x**4).mean()) / sigma**4 == pytest.approx(3.0, rel=0.1)  # Gaussian, not anything else
+
+    rounds = sorted(_rows(db_url, Round), key=lambda r: r.number)
+    assert [r.state for r in rounds] == ["completed", "completed"]
+    for k, r in enumerate(rounds, start=1):
+        direct = rdp.RdpAccountant()
+        direct.compose(dp_accounting.GaussianDpEvent(Z), k)
+        assert r.private and r.dp_epsilon == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+        assert (r.dp_clip, r.dp_expected, r.dp_noise_multiplier) == (CLIP, m, Z)
+        assert r.train_loss is None and r.train_accuracy is None and r.num_samples == 0
+    # nothing per member that the noise does not cover
+    ups = _rows(db_url, Update)
+    assert ups and all(u.update_norm is None and u.train_loss is None and u.num_samples == 0 for u in ups)
+    assert _rows(db_url, UpdateAlignment) == [] and _rows(db_url, RoundTensor) == []
+    assert _rows(db_url, Evaluation) == []
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("strata.coordinator"))
+    assert "round 2 done" in logged and "ε = " in logged
+    assert "samples" not in logged and "norm" not in logged and "loss" not in logged
+
+    with TestClient(create_app(db_url)) as client:
+        status = client.get("/api/v1/federations/test").json()
+        assert status["privacy"] | {"epsilon": None} == {
+            "enabled": True,
+            "target_epsilon": 100.0,
+            "delta": 1e-5,
+            "epsilon": None,
+            "noise_multiplier": Z,
+            "sampling_rate": 1.0,
+            "adaptive_clip": False,
+        }
+        assert status["privacy"]["epsilon"] == pytest.approx(rounds[-1].dp_epsilon)
+        page = client.get("/api/v1/federations/test/rounds").json()["items"]
+        assert [r["private"] for r in page] == [True, True]
+        assert page[1]["dp_epsilon"] == pytest.approx(rounds[1].dp_epsilon)
+        workers = client.get("/api/v1/federations/test/workers").json()
+        assert {w["num_samples"] for w in workers} == {0}
+
+
+def test_the_federation_completes_when_its_budget_is_spent(
+    tmp_path: Path, db_url: str, three_layer_model: Path
+) -> None:
+    z = 2.0
+    budget = (accountant.epsilon([(1.0, z)] * 2, 1e-5) + accountant.epsilon([(1.0, z)] * 3, 1e-5)) / 2
+    settings = coordinator_settings(
+        tmp_path,
+        db_url,
+        three_layer_model,
+        rounds=6,
+        min_updates=1,
+        dp=True,
+        dp_noise_multiplier=z,
+        dp_target_epsilon=budget,
+        dp_adaptive_clip=True,
+        eval_data=None,
+    )
+    coord = ServedCoordinator(settings)
+    run_recording(coord.address, tmp_path)
+    coord.wait()
+    rounds = sorted(_rows(db_url, Round), key=lambda r: r.number)
+    assert [r.state for r in rounds] == ["completed", "completed"], "round 3 would pass the budget"
+    assert rounds[-1].dp_epsilon <= budget
+    # adaptive clipping: a noised count and the next round's clip, from the first round's S
+    assert rounds[0].dp_clip == 1.0 and rounds[1].dp_clip == pytest.approx(rounds[0].dp_next_clip)
+    assert rounds[0].dp_unclipped is not None
+    (fed,) = _rows(db_url, Federation)
+    assert fed.state == "completed"
+    assert "privacy budget" in fed.reason and "round 3" in fed.reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(dp_noise_multiplier=0), "dp_noise_multiplier"),
+        (dict(dp_noise_multiplier=-1), "dp_noise_multiplier"),
+        (dict(dp_clip=0), "dp_clip"),
+        (dict(dp_delta=0), "dp_delta"),
+        (dict(dp_delta=1), "dp_delta"),
+        (dict(dp_target_epsilon=0.01), "dp_target_epsilon: one round"),
+        (dict(dp_target_epsilon=0), "dp_target_epsilon: dp needs a budget"),
+        (dict(aggregation="median"), "aggregation 'median'"),
+        (dict(max_norm_ratio=3.0), "max_norm_ratio"),
+        (dict(workers_per_round=2, min_updates=1), "workers_per_round"),
+        (dict(min_updates=3), "min_updates"),
+        (dict(policy="agreement", blocks=1), "policy agreement"),
+        (dict(local_blocks="top:1"), "key_aggregation attention"),
+        (dict(dp_adaptive_clip=True, dp_count_noise=0.4), "dp_count_noise"),
+    ],
+)
+def test_bad_privacy_settings_are_refused_naming_the_setting(
+    tmp_path: Path, db_url: str, three_layer_model: Path, overrides: dict, match: str
+) -> None:
+    values = dict(dp=True, dp_target_epsilon=50.0, min_updates=1) | overrides
+    with pytest.raises(SettingsError, match=match):
+        coordinator_settings(tmp_path, db_url, three_layer_model, **values)
+
+
+def test_divergence_is_off_in_a_private_federation(
+    tmp_path: Path, db_url: str, three_layer_model: Path
+) -> None:
+    s = coordinator_settings(
+        tmp_path, db_url, three_layer_model, dp=True, dp_target_epsilon=50.0, min_updates=1, divergence=True
+    )
+    assert s.divergence is False and s.record()["divergence"] is False
