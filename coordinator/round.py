@@ -5,6 +5,7 @@ database row and bytes, and its phase (open, closed)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ class Round:
             raise FailedPrecondition(
                 f"update computed against version {h.base_version} ({h.base_hash[:12]}), round {self.number} "
                 f"trains version {self.base_version} ({self.base_hash[:12]})"
+            )
+        if not (0 <= h.local_epsilon < math.inf and 0 <= h.local_delta < 1):
+            raise InvalidInput(
+                f"local_epsilon {h.local_epsilon} / local_delta {h.local_delta}: a local DP-SGD guarantee needs "
+                "a finite ε ≥ 0 and δ in [0, 1)"
             )
         if h.num_samples == 0 or h.num_samples > 10 * max(sess.num_samples, 1):
             raise InvalidInput(

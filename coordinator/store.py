@@ -97,6 +97,10 @@ class Store:
             s.expunge(w)
             return w
 
+    def update_worker(self, worker_id: int, **fields: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(**fields))
+
     def workers(self, federation_id: int) -> list[Worker]:
         with self.sessions() as s:
             return list(s.scalars(select(Worker).where(Worker.federation_id == federation_id)))

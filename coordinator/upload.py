@@ -102,6 +102,10 @@ class Uploads:
         )
         if self.private:  # per member, and not covered by the noise: kept off the record
             measured = dict(num_samples=0)
+        if h.local_epsilon:  # the member's own DP-SGD guarantee of its records, shown per member
+            await asyncio.to_thread(
+                self.store.update_worker, sess.db_id, local_epsilon=h.local_epsilon, local_delta=h.local_delta
+            )
         return await asyncio.to_thread(
             self.store.record_update,
             r.db_id,

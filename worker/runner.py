@@ -20,6 +20,7 @@ from strata.serde import RoundTask, task_from_proto
 from worker import ranks
 from worker.errors import WorkerError
 from worker.local_data import LocalData, check_labels, load_local_data
+from worker.local_dp import LocalDPConfig
 from worker.settings import WorkerSettings
 from worker.trainer import train_round
 
@@ -115,12 +116,39 @@ class Worker:
         self.evaluate_version(task, replica)
         assert self.data is not None
         result = train_round(
-            replica, self.data.train, task, self.rank, self.assets, self.s.name, self.s.progress
+            replica,
+            self.data.train,
+            task,
+            self.rank,
+            self.assets,
+            self.s.name,
+            self.s.progress,
+            self.local_dp(),
         )
+        if result.local_epsilon:
+            log.info(
+                "round %d: local DP-SGD, ε = %.3g of this worker's records (δ = %g)",
+                task.round,
+                result.local_epsilon,
+                result.local_delta,
+            )
         self.pending = Pending.encode(task, result, self.residual_path)
         if self.on_update is not None:
             self.on_update(task, self.pending.as_sent())
         self.deliver()
+
+    def local_dp(self) -> LocalDPConfig | None:
+        """Local DP-SGD as the settings ask (its ledger beside the residual), or None."""
+        s = self.s
+        if not s.local_dp:
+            return None
+        return LocalDPConfig(
+            s.local_dp_noise_multiplier,
+            s.local_dp_max_grad_norm,
+            s.local_dp_delta,
+            s.local_dp_target_epsilon,
+            s.cache_dir / self.federation / f"{s.name}-local-dp.json",
+        )
 
     def deliver(self) -> None:
         """Send the pending update (`upload.deliver`). It stays pending if the coordinator forgot this

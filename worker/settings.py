@@ -57,6 +57,22 @@ class WorkerSettings(StrataSettings):
         None, description="Name to check the coordinator's certificate against (default: the address's host)"
     )
 
+    local_dp: bool = Field(
+        False,
+        description="Local DP-SGD on this worker's own records (Opacus): Poisson-sampled batches, per-example "
+        "clipping and noise; the worker reports its records' ε (docs/privacy.md)",
+    )
+    local_dp_noise_multiplier: float = Field(
+        1.0, gt=0, description="Local DP-SGD: σ, the noise over the per-example clip norm"
+    )
+    local_dp_max_grad_norm: float = Field(1.0, gt=0, description="Local DP-SGD: the per-example clip norm C")
+    local_dp_delta: float = Field(1e-5, gt=0, lt=1, description="Local DP-SGD: δ of the records' guarantee")
+    local_dp_target_epsilon: float = Field(
+        0.0,
+        ge=0,
+        description="Local DP-SGD: stop training before the records' ε would pass this (0: no budget)",
+    )
+
     @model_validator(mode="after")
     def _check_tls(self) -> WorkerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):

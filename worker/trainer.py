@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from strata.modeling import (
 from strata.serde import RoundTask, TrainingConfig
 from worker import ranks
 from worker.errors import WorkerError
+from worker.local_dp import LocalDPConfig, PrivateSteps, poisson_batches
 
 log = logging.getLogger("strata.worker")
 
@@ -42,6 +43,7 @@ def train_round(
     assets: Path,
     worker: str,
     progress: bool = False,
+    local_dp: LocalDPConfig | None = None,
 ) -> TrainResult:
     """Train one round's task: the entry point of a worker and of every rank of a torchrun worker.
 
@@ -74,6 +76,7 @@ def train_round(
         progress=progress and leader,
         label=f"{worker} round {task.round}",
         worker=worker,
+        local_dp=local_dp,
     )
 
 
@@ -112,13 +115,15 @@ def train(
     progress: bool = True,
     label: str = "train",
     worker: str = "",
+    local_dp: LocalDPConfig | None = None,
 ) -> TrainResult:
     """Fine-tune in place from the current weights; return Δ = θ_local − θ_start for every parameter.
 
     A classifier learns the examples' labels; a causal LM (``task_of``) learns to predict each next
     token of the texts, padding excluded. Shuffling and dropout are seeded from (seed, round, worker),
     so a round can be reproduced. With ``config.prox_mu`` > 0 each step also pulls the trained tensors
-    toward θ_start (FedProx); with 0 nothing of it is computed.
+    toward θ_start (FedProx); with 0 nothing of it is computed. With `local_dp`, DP-SGD (worker/local_dp.py):
+    Poisson-sampled batches, per-example clipping and noise, and the records' ε in the result.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -133,7 +138,9 @@ def train(
     mine = ranks.shard(list(examples))
     net: torch.nn.Module = DistributedDataParallel(model) if world else model
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    opt: torch.optim.Optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     prox = Proximal(trainable, config.prox_mu) if config.prox_mu else None
     seed = local_seed(config.seed, round_number, worker) + (dist.get_rank() if world else 0)
     torch.manual_seed(seed)  # dropout
@@ -143,14 +150,25 @@ def train(
     total = steps_per_epoch * config.local_epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    private = PrivateSteps(local_dp, len(mine), config, total, world, round_number) if local_dp else None
+    if private is not None:
+        net, opt = private.wrap(model, opt)
+        stream = poisson_batches(mine, private.rate, total, gen)
+    else:
+        stream = shuffled_batches(mine, config.batch_size, total, gen)
     loss_sum, correct, seen, step = 0.0, 0, 0, 0
     bar = tqdm(total=total, desc=label, unit="step", disable=not progress, leave=False, dynamic_ncols=True)
-    while step < total:
-        order = torch.randperm(len(mine), generator=gen).tolist()  # a fresh shuffle each epoch
-        for batch in batches(mine, config.batch_size, order):
-            if step >= total:
-                break
+    try:
+        for batch in stream:
+            step += 1
+            bar.update(1)
+            if not batch:  # an empty Poisson batch (local DP-SGD) releases a noise-only step
+                assert private is not None
+                private.noise_only(trainable)
+                continue
             enc, labels = model_inputs(task, tokenizer, batch, config.max_seq_len, device)
+            if private is not None:
+                enc = private.inputs(enc)
             with autocast(device):
                 out = net(**enc, labels=labels)
             hits, count = count_correct(task, out.logits.detach(), labels)
@@ -164,10 +182,11 @@ def train(
                 loss_sum += float(out.loss.detach()) * count
                 correct += hits
                 seen += count
-            step += 1
-            bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
-    bar.close()
+    finally:
+        bar.close()
+        if private is not None:
+            private.unwrap()
     model.eval()
     ranks.check_in_sync(model, device)
     loss_sum, correct_f, seen_f = ranks.all_sum([loss_sum, float(correct), float(seen)], device)
@@ -188,7 +207,22 @@ def train(
         loss_sum / max(seen, 1),
         correct / max(seen, 1),
         time.monotonic() - started,
+        *(private.spend() if private is not None else (0.0, 0.0)),
     )
+
+
+def shuffled_batches(
+    items: Sequence[Example], size: int, steps: int, gen: torch.Generator
+) -> Iterator[list[Example]]:
+    """`steps` batches of `size`, a fresh seeded shuffle each epoch."""
+    step = 0
+    while step < steps:
+        order = torch.randperm(len(items), generator=gen).tolist()
+        for batch in batches(items, size, order):
+            if step >= steps:
+                return
+            yield list(batch)
+            step += 1
 
 
 def local_seed(seed: int, round_number: int, worker: str) -> int:

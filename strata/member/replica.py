@@ -24,6 +24,8 @@ class TrainResult:
     loss: float
     accuracy: float
     seconds: float
+    local_epsilon: float = 0.0  # local DP-SGD: ε of this member's records so far (0: not private)
+    local_delta: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def update_chunks(
             train_seconds=result.seconds,
             num_steps=result.num_steps,
             num_tensors=len(encoded),
+            local_epsilon=result.local_epsilon,
+            local_delta=result.local_delta,
         )
     )
     for i, name in enumerate(sorted(encoded)):

@@ -21,6 +21,7 @@ from strata import accountant
 from strata.settings import SettingsError
 from strata.storage.models import Evaluation, Federation, Round, RoundTensor, Update, UpdateAlignment
 from tests.helpers import ServedCoordinator, coordinator_settings, run_recording
+from worker.local_dp import Ledger
 
 Z, CLIP = 0.5, 0.02
 
@@ -172,3 +173,27 @@ def test_divergence_is_off_in_a_private_federation(
         tmp_path, db_url, three_layer_model, dp=True, dp_target_epsilon=50.0, min_updates=1, divergence=True
     )
     assert s.divergence is False and s.record()["divergence"] is False
+
+
+def test_workers_with_local_dp_sgd_report_their_records_epsilon(
+    tmp_path: Path, db_url: str, three_layer_model: Path
+) -> None:
+    from tests.helpers import make_worker_data, make_workers, run_to_done
+
+    settings = coordinator_settings(tmp_path, db_url, three_layer_model, rounds=2, eval_data=None)
+    coord = ServedCoordinator(settings)
+    extra = dict(local_dp=True, local_dp_noise_multiplier=1.2, local_dp_max_grad_norm=1.0)
+    workers = make_workers(coord.address, make_worker_data(tmp_path / "data", 3), tmp_path, extra=extra)
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
+            w.close()
+    coord.wait()
+    with TestClient(create_app(db_url)) as client:
+        got = {w["name"]: w for w in client.get("/api/v1/federations/test/workers").json()}
+    for w in workers:
+        ledger = w.local_dp().ledger  # what the worker spent, from its own ledger: two rounds of 4 steps
+        eps = accountant.epsilon([(q, s) for q, s, n in Ledger(ledger).rounds for _ in range(n)], 1e-5)
+        assert len(Ledger(ledger).rounds) == 2
+        assert got[w.s.name]["local_epsilon"] == pytest.approx(eps) and got[w.s.name]["local_delta"] == 1e-5

@@ -144,3 +144,17 @@ def test_rounds_within_a_budget() -> None:
     assert accountant.rounds_within(1e6, q, z, delta, limit=7) == 7
     line = accountant.plan_line(100, q, z, delta, 5.0)
     assert f"allows {fit} of the 100 rounds" in line
+
+
+def test_strata_privacy_plans_a_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from strata.cli import main
+    from strata.privacy_cli import smallest_z
+
+    z = smallest_z(8.0, 20, 1.0, 1e-5)
+    assert accountant.epsilon([(1.0, z)] * 20, 1e-5) <= 8.0 < accountant.epsilon([(1.0, z * 0.99)] * 20, 1e-5)
+    assert main(["privacy", "--rounds", "20", "--noise-multiplier", "1.0", "--target-epsilon", "8"]) == 0
+    out = capsys.readouterr().out
+    fit = accountant.rounds_within(8.0, 1.0, 1.0, 1e-5, 20)
+    assert f"z = 1 allows {fit} of the 20 rounds" in out and f"{z:.3g}" in out
+    assert f"{accountant.epsilon([(1.0, 1.0)] * 20, 1e-5):.3g}" in out
+    assert main(["privacy", "--rounds", "20", "--noise-multiplier", "0"]) == 2

@@ -191,7 +191,7 @@ class ModelChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ModelEnd, _Mapping]] = ..., mark: _Optional[_Union[VersionMark, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("worker_id", "round", "base_version", "base_hash", "num_samples", "train_loss", "train_accuracy", "train_seconds", "num_steps", "num_tensors")
+    __slots__ = ("worker_id", "round", "base_version", "base_hash", "num_samples", "train_loss", "train_accuracy", "train_seconds", "num_steps", "num_tensors", "local_epsilon", "local_delta")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,8 @@ class UpdateHeader(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_STEPS_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DELTA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     round: int
     base_version: int
@@ -212,7 +214,9 @@ class UpdateHeader(_message.Message):
     train_seconds: float
     num_steps: int
     num_tensors: int
-    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., base_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., num_steps: _Optional[int] = ..., num_tensors: _Optional[int] = ...) -> None: ...
+    local_epsilon: float
+    local_delta: float
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., base_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., num_steps: _Optional[int] = ..., num_tensors: _Optional[int] = ..., local_epsilon: _Optional[float] = ..., local_delta: _Optional[float] = ...) -> None: ...
 
 class UpdateEnd(_message.Message):
     __slots__ = ("num_tensors",)
