@@ -231,9 +231,26 @@ async function keyWeights(enc) {
 }
 
 function member(w) {
-  if (w.kind !== "federation") return escapeHtml(w.name);
+  const local = w.local_epsilon ? ` <span class="badge">local DP-SGD ε ${fmt(w.local_epsilon, 3)}</span>` : "";
+  if (w.kind !== "federation") return escapeHtml(w.name) + local;
   const inner = `${w.inner_rounds} inner round${w.inner_rounds === 1 ? "" : "s"}`;
   return `${escapeHtml(w.name)} <span class="badge">federation · ${w.members} worker${w.members === 1 ? "" : "s"} · ${inner}</span>`;
+}
+
+function privacy(status, rounds) {
+  const p = status.privacy;
+  document.getElementById("privacy").hidden = !p.enabled;
+  if (!p.enabled) return;
+  const spent = p.epsilon === null ? "none yet" : fmt(p.epsilon, 3);
+  document.getElementById("privacy-line").textContent =
+    `user-level DP-FedAvg: ε spent ${spent} of the budget ${fmt(p.target_epsilon, 3)} (δ = ${p.delta}), ` +
+    `noise multiplier z = ${p.noise_multiplier}, sampling rate q = ${p.sampling_rate}, ` +
+    `${p.adaptive_clip ? "adaptive" : "fixed"} clipping` + (status.reason ? `. ${status.reason}` : "");
+  const priv = rounds.filter((r) => r.private && r.dp_epsilon !== null);
+  lineChart(document.getElementById("chart-privacy"), priv.map((r) => r.number), [
+    { name: "ε after the round", values: priv.map((r) => r.dp_epsilon) },
+    { name: "clip S", values: priv.map((r) => r.dp_clip) },
+  ]);
 }
 
 function reported(w) {
@@ -270,6 +287,7 @@ async function render(name) {
     card(lm ? "test perplexity" : "test accuracy",
       lm ? fmt(done.length ? done[done.length - 1].test_perplexity : null, 2) : fmt(status.last_test_accuracy)),
     card("policy", escapeHtml((status.config && status.config.policy) || "full")),
+    ...(status.privacy.enabled ? [card("ε spent", `${fmt(status.privacy.epsilon, 3)} / ${fmt(status.privacy.target_epsilon, 3)}`)] : []),
   ].join("");
   const nums = done.map((r) => r.number);
   lineChart(document.getElementById("chart-accuracy"), nums, [
@@ -281,6 +299,7 @@ async function render(name) {
     { name: "downstream", values: rounds.map((r) => r.bytes_down) },
   ]);
   heatmap(document.getElementById("chart-divergence"), matrix);
+  privacy(status, rounds);
   keyBlocks(status.tree, keys);
   parentRounds(status.tree, served);
   document.querySelector("#workers tbody").innerHTML = workers.map((w) => `<tr class="${w.kind}">

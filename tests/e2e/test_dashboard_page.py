@@ -186,3 +186,43 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         ]
         assert not browser.find_element(By.ID, "key-blocks").is_displayed()
         assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")
+
+
+def test_the_page_shows_a_private_federations_budget(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+    """A federation with --dp and workers with local DP-SGD: ε spent against the budget, ε and the clip
+    per round, and each worker's local ε."""
+    from selenium.webdriver.common.by import By
+
+    from tests.helpers import (
+        ServedCoordinator,
+        coordinator_settings,
+        make_worker_data,
+        make_workers,
+        run_to_done,
+    )
+
+    url = f"sqlite:///{tmp_path / 'private.db'}"
+    settings = coordinator_settings(
+        tmp_path, url, tiny_model, rounds=2, min_updates=1, dp=True, dp_noise_multiplier=2.0,
+        dp_target_epsilon=20.0, dp_adaptive_clip=True,
+    )  # fmt: skip
+    coord = ServedCoordinator(settings)
+    workers = make_workers(
+        coord.address, make_worker_data(tmp_path / "data", 3), tmp_path, extra=dict(local_dp=True)
+    )
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
+            w.close()
+    coord.wait()
+    with served(url) as base:
+        _load(browser, f"{base}?federation=test")
+        assert browser.find_element(By.ID, "privacy").is_displayed()
+        line = browser.find_element(By.ID, "privacy-line").text
+        assert "ε spent" in line and "of the budget 20.000" in line and "adaptive clipping" in line
+        assert browser.find_element(By.ID, "chart-privacy").get_attribute("data-rendered") == "4"
+        assert "ε spent" in browser.find_element(By.ID, "status").text
+        badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#workers .badge")]
+        assert len(badges) == 3 and all(b.startswith("local DP-SGD ε ") for b in badges)
+        assert browser.save_screenshot(str(tmp_path / "private.png"))
