@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from strata import synthetic
 from strata.data import write_examples
@@ -29,21 +30,31 @@ def sub_db(db_url: str, tmp_path: Path, name: str) -> str:
     return f"sqlite:///{tmp_path / f'{name}.db'}" if db_url.startswith("sqlite") else db_url
 
 
-def build_tree(tmp_path: Path, db_url: str, tiny_model: Path) -> Tree:
-    """Run the tree to the end on `db_url` (migrated; the parent's database) and return the databases."""
+def build_tree(
+    tmp_path: Path,
+    db_url: str,
+    tiny_model: Path,
+    parent_extra: dict[str, Any] | None = None,
+    sub_extra: dict[str, Any] | None = None,
+) -> Tree:
+    """Run the tree to the end on `db_url` (migrated; the parent's database) and return the databases;
+    `parent_extra` and `sub_extra` override the parent's and the sub-federations' settings."""
     parent_s = coordinator_settings(
         tmp_path / "world",
         db_url,
         tiny_model,
-        federation="world",
-        rounds=2,
-        min_workers=2,
-        min_updates=2,
-        worker_tokens=SUB_TOKENS,
-        local_blocks="top:1",
-        key_aggregation="attention",
-        attention_temperature=TAU,
-        residual_keep=BETA,
+        **dict(
+            federation="world",
+            rounds=2,
+            min_workers=2,
+            min_updates=2,
+            worker_tokens=SUB_TOKENS,
+            local_blocks="top:1",
+            key_aggregation="attention",
+            attention_temperature=TAU,
+            residual_keep=BETA,
+        )
+        | (parent_extra or {}),
     )
     parent = ServedCoordinator(parent_s)
     subs, workers, urls = [], [], {}
@@ -55,15 +66,18 @@ def build_tree(tmp_path: Path, db_url: str, tiny_model: Path) -> Tree:
             tmp_path / name,
             urls[name],
             tiny_model,
-            federation=name,
-            model=None,
-            labels=None,
-            parent=parent.address,
-            parent_token=SUB_TOKENS[k],
-            inner_rounds=1,
-            min_workers=2,
-            min_updates=2,
-            eval_data=held_out,
+            **dict(
+                federation=name,
+                model=None,
+                labels=None,
+                parent=parent.address,
+                parent_token=SUB_TOKENS[k],
+                inner_rounds=1,
+                min_workers=2,
+                min_updates=2,
+                eval_data=held_out,
+            )
+            | (sub_extra or {}),
         )
         subs.append(ServedCoordinator(s))
         data = make_worker_data(tmp_path / f"data-{name}", 2, seed=10 + 7 * k)

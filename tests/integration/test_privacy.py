@@ -197,3 +197,40 @@ def test_workers_with_local_dp_sgd_report_their_records_epsilon(
         eps = accountant.epsilon([(q, s) for q, s, n in Ledger(ledger).rounds for _ in range(n)], 1e-5)
         assert len(Ledger(ledger).rounds) == 2
         assert got[w.s.name]["local_epsilon"] == pytest.approx(eps) and got[w.s.name]["local_delta"] == 1e-5
+
+
+def test_dp_at_both_tiers_of_a_tree(tmp_path: Path, db_url: str, tiny_model: Path) -> None:
+    """Each sub-federation runs DP over its own workers with its own budget, and the parent over its member
+    federations: each tier records its own ε, and the parent publishes nothing per member federation."""
+    from tests.tree_federation import SUBS, build_tree
+
+    private = dict(dp=True, dp_noise_multiplier=3.0, dp_target_epsilon=30.0, min_updates=1)
+    tree = build_tree(
+        tmp_path,
+        db_url,
+        tiny_model,
+        parent_extra=private | dict(key_aggregation="mean"),
+        sub_extra=private | dict(dp_target_epsilon=25.0, dp_clip=0.5),
+    )
+    want = [accountant.epsilon([(1.0, 3.0)] * k, 1e-5) for k in (1, 2)]
+    for url, name in [(tree.parent_url, "world"), *((tree.sub_urls[s], s) for s in SUBS)]:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            (fed_id,) = conn.execute(select(Federation.id).where(Federation.name == name)).one()
+            rounds = list(
+                conn.execute(select(Round).where(Round.federation_id == fed_id).order_by(Round.number))
+            )
+        engine.dispose()
+        assert [r.state for r in rounds] == ["completed", "completed"], name
+        assert all(r.private for r in rounds)
+        assert [r.dp_epsilon for r in rounds] == pytest.approx(want), name
+        assert rounds[0].dp_clip == (1.0 if name == "world" else 0.5)
+    world = [r for r in _rows(tree.parent_url, Round) if r.number and r.dp_clip == 1.0]
+    assert world and all(r.num_samples == 0 and r.train_loss is None for r in world)
+    from strata.storage.models import KeyWeight
+
+    assert _rows(tree.parent_url, KeyWeight) == [], "no per-member key-block weights at a private parent"
+    with TestClient(create_app(tree.parent_url)) as client:
+        members = client.get("/api/v1/federations/world/workers").json()
+    assert sorted(m["name"] for m in members) == sorted(SUBS)
+    assert all(m["kind"] == "federation" and m["reported"] is None and m["num_samples"] == 0 for m in members)
