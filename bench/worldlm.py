@@ -10,7 +10,7 @@ the same invocation on the same worker data, with the same seeds and the same lo
 trains exactly --a-steps / --b-steps AdamW steps per round (max_steps, with enough local epochs that the
 cap decides), and a sub-federation runs one inner round per parent round, so every arm trains every
 worker the same number of rounds. The estimate printed first comes from a timing probe (constants below);
-the defaults take about an hour on 2 cores (A about 45 min, B 10, C 10, at the probe's rate).
+the defaults take about 40 min on 2 cores at the probe's rate (A 25, B 10, C 8).
 
 A. Classification across languages: English SST-2 and its Portuguese translation (sst2_pt) as two
    sub-federations of --a-workers workers each, disjoint row ranges for the two languages (no sentence is
@@ -51,15 +51,16 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, machine
 from bench.worldlm_data import data_a, data_b, describe, gpt2_size, model_a, model_b
-from bench.worldlm_report import render
+from bench.worldlm_report import merge, render
 from bench.worldlm_run import Evaluator, Node, Run, run_tree
 from strata.data import read_examples
 
 # wall seconds measured in this benchmark's probe on the 2-core development machine, while other jobs
 # kept its load average near 5 (so on an idle machine the run is faster): per training example of a
 # MiniLM round (all workers' threads, ingest and aggregation included), per held-out row a coordinator
-# evaluates, per GPT-2 worker step (one thread), and per round and arm fixed; only for the estimate
-A_EXAMPLE_S, A_EVAL_S, B_STEP_S, ROUND_FIXED_S, ARM_FIXED_S = 0.13, 0.025, 0.4, 8.0, 30.0
+# evaluates, per GPT-2 worker step (one thread), and per round and arm fixed; only for the estimate.
+# A_EXAMPLE_S is from experiment A's full run (34 min for 7 arms x 6 rounds x 1,024 examples, under load)
+A_EXAMPLE_S, A_EVAL_S, B_STEP_S, ROUND_FIXED_S, ARM_FIXED_S = 0.035, 0.025, 0.4, 8.0, 30.0
 QUICK = dict(
     a_workers=2, a_examples=16, a_steps=2, a_test=32, rounds_a=1, max_len_a=32,
     b_workers=1, b_examples=16, b_steps=2, b_test=32, rounds_b=2, max_len_b=32,
@@ -296,7 +297,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny models, few examples, 1-2 rounds: the smoke test"
     )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for worldlm.md/.png/.json")
-    ap.add_argument("--from-json", type=Path, help="re-render md and png from this JSON, run nothing")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="re-render md and png from this JSON, run nothing; several JSON files from runs of different "
+        "experiments are merged (each keeps its own arguments) and the merged JSON is written too",
+    )
     ap.add_argument("--experiments", default="A,B,C")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet α of the label split inside a group")
@@ -346,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        render(json.loads(args.from_json.read_text()), args.out)
+        merged = merge([json.loads(p.read_text()) for p in args.from_json])
+        if len(args.from_json) > 1:
+            save(merged, args.out)
+        render(merged, args.out)
         return 0
     started = time.monotonic()
     command = "python -m bench.worldlm" + (" " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()

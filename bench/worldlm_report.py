@@ -70,9 +70,46 @@ def render(result: dict[str, Any], out: Path) -> str:
     return text
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs of different experiments: each experiment from the last run that has it,
+    with that run's arguments; the runs' commands and times listed."""
+    if len(results) == 1:
+        return results[0]
+    out: dict[str, Any] = dict(results[0])
+    out["args_by_exp"], out["runs"] = {}, []
+    for res in results:
+        for run in res.get("runs") or [res]:
+            took = f"{run['minutes']:.1f} min" if "minutes" in run else run.get("took", "unfinished")
+            exps = run.get("experiments") or ", ".join(e for e in "ABC" if e in res)
+            out["runs"].append(
+                dict(command=run["command"], took=took, estimate_s=run["estimate_s"], experiments=exps)
+            )
+        for exp in "ABC":
+            if exp in res:
+                out[exp] = res[exp]
+                out["args_by_exp"][exp] = args_of(res, exp)
+    out.pop("minutes", None)
+    return out
+
+
+def args_of(res: dict[str, Any], exp: str) -> dict[str, Any]:
+    """The arguments experiment `exp` ran with (a merged report holds one set per experiment)."""
+    return res.get("args_by_exp", {}).get(exp, res["args"])
+
+
 def markdown(res: dict[str, Any]) -> list[str]:
     a = res["args"]
     took = f"{res['minutes']:.1f} min" if "minutes" in res else "unfinished"
+    runs = res.get("runs") or [
+        dict(command=res["command"], took=took, estimate_s=res["estimate_s"], experiments="")
+    ]
+    exps = [e for e in "ABC" if e in res]
+    taus = {e: args_of(res, e)["tau"] for e in exps if e != "C"}
+    tau = (
+        f"τ = {a['tau']:g}"
+        if len(set(taus.values())) <= 1
+        else ", ".join(f"τ = {t:g} in {e}" for e, t in taus.items())
+    )
     lines = [
         "# Federations of federations (WorldLM) against flat federations"
         + (
@@ -81,10 +118,13 @@ def markdown(res: dict[str, Any]) -> list[str]:
             else ""
         ),
         "",
-        f"`{res['command']}`",
-        "",
-        f"Machine: {res['machine']}. Took {took}"
-        + ("." if res["quick"] else f" (estimated {res['estimate_s'] / 60:.0f} min from the probe's rate)."),
+    ]
+    for run in runs:
+        what = f" ({run['experiments']})" if run["experiments"] else ""
+        est = "" if res["quick"] else f" (estimated {run['estimate_s'] / 60:.0f} min from the probe's rate)"
+        lines += [f"`{run['command']}`{what}: took {run['took']}{est}.", ""]
+    lines += [
+        f"Machine: {res['machine']}.",
         "",
         "Every federation is real: coordinators serve gRPC on 127.0.0.1, each with its own SQLite database, "
         "and workers run the worker's code in threads of one process (bench/worldlm_run.py). Every worker "
@@ -94,13 +134,13 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "round per parent round (inner_rounds 1), so every arm trains every worker the same number of rounds. "
         f"All coordinators aggregate with FedAvg (server lr 1), fp32 updates. Key blocks (docs/methods.md "
         f"section 5): β = {a['beta']:g} (the share of its own key blocks a sub-federation keeps), "
-        f"τ = {a['tau']:g} (attention temperature).",
+        f"{tau} (attention temperature).",
         "",
     ]
     if "A" in res:
-        lines += section_a(res["A"], a)
+        lines += section_a(res["A"], args_of(res, "A"))
     if "B" in res:
-        lines += section_b(res["B"], a)
+        lines += section_b(res["B"], args_of(res, "B"))
     if "C" in res:
         lines += section_c(res)
     lines += ["## What was cut to fit the budget", "", *cuts(res), "", "![curves](worldlm.png)", ""]
@@ -335,20 +375,22 @@ def section_c(res: dict[str, Any]) -> list[str]:
 
 
 def cuts(res: dict[str, Any]) -> list[str]:
-    a = res["args"]
     out = []
     if res["quick"]:
         out.append(
             "- --quick: tiny models (a 2-layer BERT, a 1-layer GPT-2) and a handful of examples; a smoke run only."
         )
     if "A" in res:
+        a = args_of(res, "A")
         out.append(f"- A: {a['a_examples']} examples per worker on average (of 67,349), {a['a_steps']} steps a round for "
                    f"{plural(a['rounds_a'], 'round')}; test sets capped at their first {a['a_test']} of 872 rows.")  # fmt: skip
     if "B" in res:
+        a = args_of(res, "B")
         out.append(f"- B: {plural(a['b_workers'], 'worker')} per source × {a['b_examples']} texts, {a['b_steps']} steps a round for "
                    f"{plural(a['rounds_b'], 'round')}, texts truncated at {a['max_len_b']} tokens, {a['b_test']} held-out texts per source; "
                    f"GPT-2 {a['gpt2']}.")  # fmt: skip
     if "C" in res:
+        a = args_of(res, "C")
         out.append(f"- C: four workers, {a['rounds_c']} round(s) per level; no evaluation.")
     out.append("- One seed; no repetitions, so differences of a point or two are not significant.")
     return out
