@@ -234,3 +234,65 @@ def test_dp_at_both_tiers_of_a_tree(tmp_path: Path, db_url: str, tiny_model: Pat
         members = client.get("/api/v1/federations/world/workers").json()
     assert sorted(m["name"] for m in members) == sorted(SUBS)
     assert all(m["kind"] == "federation" and m["reported"] is None and m["num_samples"] == 0 for m in members)
+
+
+def test_a_private_round_resumes_after_kill_9_with_its_mechanism_and_counts_once(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """SIGKILL once round 2 has recorded an accepted update: the restart reopens round 2 with the clip and
+    m it was opened with, reloads the update clipped, and ε counts three rounds, not four."""
+    import signal
+    import threading
+
+    from strata.storage.db import migrate
+    from tests.helpers import coordinator_values, make_worker_data, make_workers, service_env
+    from tests.integration.test_crash import _run, start_coordinator, wait_for_port
+
+    db = f"sqlite:///{tmp_path / 'crash.db'}"
+    migrate(db)
+
+    def env(listen: str, failpoint: str | None) -> dict[str, str]:
+        values = coordinator_values(
+            tmp_path, db, tiny_model, listen=listen, port_file=tmp_path / "port", rounds=3, min_updates=1,
+            round_timeout=120, linger_seconds=3.0, task_poll_seconds=1.0, dp=True, dp_noise_multiplier=2.0,
+            dp_target_epsilon=50.0, dp_adaptive_clip=True,
+        )  # fmt: skip
+        return service_env("COORDINATOR", values, **({"STRATA_FAILPOINTS": failpoint} if failpoint else {}))
+
+    first = start_coordinator(
+        tmp_path, env("127.0.0.1:0", "coordinator.push.recorded@5"), "coordinator-1.log"
+    )
+    port = wait_for_port(tmp_path, first)
+    workers = make_workers(
+        f"127.0.0.1:{port}", make_worker_data(tmp_path / "data", 3), tmp_path,
+        extra=dict(max_backoff=0.5, connect_timeout=120),
+    )  # fmt: skip
+    errors: list[BaseException] = []
+    runner = threading.Thread(target=lambda: _run(workers, errors))
+    runner.start()
+    second = None
+    try:
+        assert first.wait(180) == -signal.SIGKILL, (tmp_path / "coordinator-1.log").read_text()[-3000:]
+        opened = {r.number: (r.dp_clip, r.dp_expected) for r in _rows(db, Round)}
+        second = start_coordinator(tmp_path, env(f"127.0.0.1:{port}", None), "coordinator-2.log")
+        assert second.wait(240) == 0, (tmp_path / "coordinator-2.log").read_text()[-3000:]
+        runner.join(60)
+        assert not runner.is_alive() and not errors, errors
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        runner.join(5)
+        for w in workers:
+            w.close()
+    log2 = (tmp_path / "coordinator-2.log").read_text()
+    assert "round 2 reopened after a restart with the 2 update(s)" in log2, log2[-3000:]
+    rounds = sorted(_rows(db, Round), key=lambda r: r.number)
+    assert [(r.number, r.state) for r in rounds] == [(1, "completed"), (2, "completed"), (3, "completed")]
+    assert (rounds[1].dp_clip, rounds[1].dp_expected) == opened[2], "reopened with the same mechanism"
+    assert rounds[2].dp_clip == pytest.approx(rounds[1].dp_next_clip)
+    assert [r.dp_epsilon for r in rounds] == pytest.approx(
+        [accountant.epsilon([(1.0, 2.0)] * k, 1e-5) for k in (1, 2, 3)]
+    )
+    accepted = [u for u in _rows(db, Update) if u.status == "accepted"]
+    assert len(accepted) == 9 and all(u.update_norm is None for u in accepted)
