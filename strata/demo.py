@@ -198,7 +198,8 @@ class Demo(Processes):
         c = first.model_dump()
         demo = {
             "min_workers": a.workers,
-            "min_updates": min(a.workers, c["workers_per_round"] or a.workers),
+            # a private federation releases every round whatever arrived (docs/privacy.md): no quorum
+            "min_updates": 1 if c["dp"] else min(a.workers, c["workers_per_round"] or a.workers),
             "round_timeout": 600.0,
             "start_timeout": 300.0,
             "learning_rate": 5e-5 if a.model is not None else 1e-3,

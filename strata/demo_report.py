@@ -22,9 +22,12 @@ def round_line(r: dict[str, Any], total: int) -> str:
     head = f"round {r['number']}/{total}  " + (
         f"test acc {acc:.4f}  test loss {loss:.4f}  " if acc is not None else ""
     )
+    train = r.get("train_loss")
     return (
-        head + f"train loss {r.get('train_loss') or 0:.4f}  "
-        f"up {_mb(r['bytes_up'])} ({_ratio(r.get('up_ratio'))} < fp32)  "
+        head
+        + (f"train loss {train:.4f}  " if train is not None else "")
+        + (f"ε {r['dp_epsilon']:.3g}  " if r.get("dp_epsilon") is not None else "")
+        + f"up {_mb(r['bytes_up'])} ({_ratio(r.get('up_ratio'))} < fp32)  "
         f"down {_mb(r['bytes_down'])} ({_ratio(r.get('down_ratio'))} < fp32)  "
         f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
         + (f"  blocks {short_blocks(r['blocks'])}" if r.get("blocks") else "")
@@ -39,10 +42,12 @@ def short_blocks(blocks: list[str]) -> str:
 
 def render_table(rows: list[dict[str, Any]]) -> str:
     """The final table as markdown: round, test accuracy, loss, bytes up and down (and their ratio to
-    fp32), seconds."""
+    fp32), seconds; a private federation's ε after each round."""
+    private = any(r.get("private") for r in rows)
     out = [
-        "| round | state | test accuracy | test loss | train loss | bytes up | up ratio | bytes down | down ratio | seconds |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | state | test accuracy | test loss | train loss | bytes up | up ratio | bytes down | down ratio | seconds |"
+        + (" ε |" if private else ""),
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if private else ""),
     ]
     for r in rows:
 
@@ -54,6 +59,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['number']} | {r['state']} | {f('test_accuracy')} | {f('test_loss')} | {f('train_loss')} | "
             f"{int(r['bytes_up'] or 0):,} | {_ratio(r.get('up_ratio'))} | {int(r['bytes_down'] or 0):,} | "
             f"{_ratio(r.get('down_ratio'))} | {f('duration_seconds', '.1f')} |"
+            + (f" {f('dp_epsilon', '.3g')} |" if private else "")
         )
     return "\n".join(out)
 

@@ -218,3 +218,25 @@ def test_demo_runs_a_tree_of_federations(tmp_path: Path) -> None:
     assert "2 of 2 parent rounds completed" in out
     for db in ("strata.db", "fed-1.db", "fed-2.db"):  # every federation keeps its own database
         assert (tmp_path / "tree" / db).is_file()
+
+
+def test_demo_runs_a_private_federation_and_prints_its_epsilon(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            *STRATA, "demo", "--workers", "2", "--rounds", "2", "--train-examples", "300", "--test-examples",
+            "60", "--workdir", str(tmp_path / "dp"), "--dp", "--dp-noise-multiplier", "2",
+            "--dp-target-epsilon", "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr[-3000:]
+    from strata.accountant import epsilon
+
+    for k in (1, 2):  # the line per round and the table say the round's ε, the accountant's
+        eps = f"{epsilon([(1.0, 2.0)] * k, 1e-5):.3g}"
+        assert re.search(rf"^round {k}/2 .* ε {re.escape(eps)} ", out, re.M), out
+        assert re.search(rf"^\| {k} \| completed \|.* \| {re.escape(eps)} \|$", out, re.M), out
+    assert "train loss" not in out.split("| round |")[0], "no per-member loss in a private federation's lines"
