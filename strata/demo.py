@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from strata import synthetic
 from strata.cli import settings_class
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
 from strata.demo_procs import Proc, Processes
-from strata.demo_report import render_table, round_line, tree_flags
+from strata.demo_report import Feed, follow, render_table, tree_flags
 from strata.settings import StrataSettings
 from strata.split import dirichlet_split, holdout, label_histogram
 
@@ -281,7 +279,8 @@ class Demo(Processes):
             threads = max(1, (os.cpu_count() or 2) // a.workers)
             for name, settings in zip(self.names, self.workers, strict=True):
                 self.start(name, settings.model_copy(update={"coordinator": f"127.0.0.1:{port}"}), threads)
-            rows = self._follow(api, coord)
+            feed = Feed(f"{api}/api/v1/federations/{FEDERATION}/rounds", "", self.rounds)
+            rows = follow({FEDERATION: feed}, coord, self.procs)[FEDERATION]
             ok = self._check_exits()
             print()
             print(render_table(rows))
@@ -302,28 +301,6 @@ class Demo(Processes):
             return 0 if ok else 1
         finally:
             self.stop_all()
-
-    def _follow(self, api: str, coord: Proc) -> list[dict[str, Any]]:
-        """Print a line per finished round (read from the REST API) until the coordinator exits."""
-        printed: set[int] = set()
-        rows: list[dict[str, Any]] = []
-        with httpx.Client(base_url=api, timeout=5.0) as http:
-            while True:
-                finished = coord.popen.poll() is not None
-                try:
-                    resp = http.get(f"/api/v1/federations/{FEDERATION}/rounds", params={"limit": 500})
-                    rows = resp.json()["items"] if resp.status_code == 200 else rows
-                except httpx.HTTPError:
-                    pass
-                for r in rows:
-                    if r["state"] in ("completed", "failed") and r["number"] not in printed:
-                        printed.add(int(r["number"]))
-                        print(round_line(r, self.rounds), flush=True)
-                if finished:
-                    return rows
-                if any(p.popen.poll() not in (None, 0) for p in self.procs):
-                    return rows
-                time.sleep(0.5)
 
 
 def _sample(examples: list[Example], n: int, seed: int) -> list[Example]:

@@ -4,7 +4,14 @@ and the flags of its tree of federations (`strata/demo_tree.py`)."""
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
+
+from strata.demo_procs import Proc
 
 
 def _mb(n: Any) -> str:
@@ -32,6 +39,38 @@ def round_line(r: dict[str, Any], total: int) -> str:
         f"{r.get('duration_seconds') or 0:.1f}s  ({r['num_updates']} updates)"
         + (f"  blocks {short_blocks(r['blocks'])}" if r.get("blocks") else "")
     )
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One federation the demo follows: its rounds on the REST API, the prefix of its lines, its rounds."""
+
+    url: str
+    prefix: str
+    total: int
+
+
+def follow(feeds: dict[str, Feed], main: Proc, procs: Sequence[Proc]) -> dict[str, list[dict[str, Any]]]:
+    """Print a line per finished round of every federation in `feeds` (read from their REST APIs) until
+    `main` exits or another process fails; each federation's rounds rows."""
+    printed: set[tuple[str, int]] = set()
+    rows: dict[str, list[dict[str, Any]]] = {fed: [] for fed in feeds}
+    with httpx.Client(timeout=5.0) as http:
+        while True:
+            finished = main.popen.poll() is not None
+            for fed, feed in feeds.items():
+                try:
+                    resp = http.get(feed.url, params={"limit": 500})
+                    rows[fed] = resp.json()["items"] if resp.status_code == 200 else rows[fed]
+                except httpx.HTTPError:
+                    pass
+                for r in rows[fed]:
+                    if r["state"] in ("completed", "failed") and (fed, r["number"]) not in printed:
+                        printed.add((fed, int(r["number"])))
+                        print(feed.prefix + round_line(r, feed.total), flush=True)
+            if finished or any(p.popen.poll() not in (None, 0) for p in procs):
+                return rows
+            time.sleep(0.5)
 
 
 def short_blocks(blocks: list[str]) -> str:

@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from strata import synthetic
 from strata.cli import settings_class
 from strata.data import Example, load_dataset_dir, write_examples, write_labels
 from strata.demo import Demo, _free_port, _sample
 from strata.demo_procs import Proc
-from strata.demo_report import render_table, round_line
+from strata.demo_report import Feed, follow, render_table
 from strata.split import dirichlet_split, holdout, label_histogram
 
 PARENT = "world"
@@ -157,7 +155,15 @@ class TreeDemo(Demo):
                 for name in self.sub_names(fed):
                     w = self.workers[self.names.index(name)]
                     self.start(name, w.model_copy(update={"coordinator": f"127.0.0.1:{sub_port}"}), threads)
-            rows = self._follow_tree(parent)
+            feeds = {
+                fed: Feed(
+                    f"http://127.0.0.1:{port}/api/v1/federations/{fed}/rounds",
+                    f"{PARENT} " if fed == PARENT else f"  {fed} ",
+                    self.rounds if fed == PARENT else self.rounds * self.subs[fed].inner_rounds,
+                )
+                for fed, port in ({PARENT: self.api_port} | self.sub_api).items()
+            }
+            rows = follow(feeds, parent, self.procs)[PARENT]
             ok = self._check_exits()
             print()
             print(render_table(rows))
@@ -171,32 +177,3 @@ class TreeDemo(Demo):
             return 0 if ok else 1
         finally:
             self.stop_all()
-
-    def _follow_tree(self, parent: Proc) -> list[dict[str, Any]]:
-        """A line per finished round of the parent and of each sub-federation, until the parent exits."""
-        apis = {PARENT: self.api_port} | self.sub_api
-        printed: set[tuple[str, int]] = set()
-        rows: dict[str, list[dict[str, Any]]] = {fed: [] for fed in apis}
-        with httpx.Client(timeout=5.0) as http:
-            while True:
-                finished = parent.popen.poll() is not None
-                for fed, port in apis.items():
-                    url = f"http://127.0.0.1:{port}/api/v1/federations/{fed}/rounds"
-                    try:
-                        resp = http.get(url, params={"limit": 500})
-                        rows[fed] = resp.json()["items"] if resp.status_code == 200 else rows[fed]
-                    except httpx.HTTPError:
-                        pass
-                    for r in rows[fed]:
-                        if r["state"] in ("completed", "failed") and (fed, r["number"]) not in printed:
-                            printed.add((fed, int(r["number"])))
-                            if fed == PARENT:
-                                print(f"{PARENT} {round_line(r, self.rounds)}", flush=True)
-                            else:
-                                print(
-                                    f"  {fed} {round_line(r, self.rounds * self.subs[fed].inner_rounds)}",
-                                    flush=True,
-                                )
-                if finished or any(p.popen.poll() not in (None, 0) for p in self.procs):
-                    return rows[PARENT]
-                time.sleep(0.5)
