@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.optimizers import reference_split, workload_seed
+from bench.optimizers_data import reference_split
+from bench.optimizers_runs import workload_seed
 from worker.trainer import local_seed
 
 ROOT = Path(__file__).resolve().parents[2]
