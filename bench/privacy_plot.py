@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,16 @@ def plot(res: dict[str, Any], path: Path) -> bool:
         arms = ok(res["worldlm"]["arms"])
         for ax, g in zip(axes[1], res["worldlm"]["groups"], strict=False):
             ax.set_visible(True)
+            cap = 10.0 * float(res["worldlm"].get("vocab") or 1e4)  # far beyond guessing: drawn at the top
             for i, (name, r) in enumerate(arms.items()):
-                ys = [ppl(x) for x in r["per_round"][g]["loss"]]
+                ys = [min(ppl(x), cap) if math.isfinite(ppl(x)) else cap for x in r["per_round"][g]["loss"]]
                 ax.plot(range(1, len(ys) + 1), ys, style(r), marker="o", ms=3, color=f"C{i}", label=name)
-            ax.set(title=f"2: perplexity, {g}", xlabel="round", ylabel="perplexity", yscale="log")
+            ax.set(
+                title=f"2: perplexity, {g} (top line: overflowed)",
+                xlabel="round",
+                ylabel="perplexity",
+                yscale="log",
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend(fontsize=6)
     for ax in axes.flat:

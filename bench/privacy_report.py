@@ -218,6 +218,11 @@ def eps_cell(r: dict[str, Any]) -> str:
 
 
 def trend(curve: list[float]) -> tuple[str, bool]:
+    finite = [i for i, x in enumerate(curve) if math.isfinite(x)]
+    if not finite:
+        return "overflowed from round 1", True
+    if not math.isfinite(curve[-1]):
+        return f"overflowed after round {finite[-1] + 1}", True
     best = min(range(len(curve)), key=lambda i: curve[i])
     if curve[-1] > DIVERGED * curve[best]:
         return f"rose to {big(curve[-1] / curve[best])}× its best (round {best + 1})", True
@@ -293,7 +298,8 @@ def verdict_worldlm(arms: dict[str, Any], groups: list[str]) -> list[str]:
         parts = []
         for g in groups:
             shape, _ = trend([ppl(x) for x in r["per_round"][g]["loss"]])
-            vs = f"{big(final[name][g] / final[base][g])}× no DP, " if base in final else ""
+            x, b = final[name][g], final.get(base, {}).get(g, math.nan)
+            vs = f"{big(x / b)}× no DP, " if math.isfinite(x) and math.isfinite(b) else ""
             parts.append(f"{g} {big(final[name][g])} ({vs}{shape})")
         out.append(f"- **{name}**: " + "; ".join(parts) + ".")
     flat = "flat + DP(workers)"
@@ -307,12 +313,22 @@ def verdict_worldlm(arms: dict[str, Any], groups: list[str]) -> list[str]:
         ]
     rose_flat = any(trend([ppl(x) for x in arms[flat]["per_round"][g]["loss"]])[1] for g in groups)
     out.append("")
+    private = [n for n in arms if arms[n].get("dp_at") is not None]
+    if all(not math.isfinite(final[n][g]) for n in private for g in groups):
+        return [
+            *out,
+            "**WorldLM's claim cannot be judged at this noise level**: every private arm, flat and tree, "
+            "diverged (its perplexity overflowed), so neither stayed stable. The noise per coordinate of each "
+            "released step (σ above) is far larger than the weights it is added to; study 1's noise table "
+            "shows how many members it takes before user-level DP trains at all.",
+            "",
+        ]
     for t in trees:
-        ratio = {g: final[t][g] / final[flat][g] for g in groups}
+        ratios = {g: final[t][g] / final[flat][g] for g in groups}
         rose = any(trend([ppl(x) for x in arms[t]["per_round"][g]["loss"]])[1] for g in groups)
-        better = all(x < 1 for x in ratio.values())
+        better = all(x < 1 for x in ratios.values())
         ok_claim = better and rose_flat and not rose
-        out.append(f"- {t} / {flat}: " + ", ".join(f"{g} {big(x)}×" for g, x in ratio.items()) + ". "
+        out.append(f"- {t} / {flat}: " + ", ".join(f"{g} {big(x)}×" if math.isfinite(x) else f"{g} –" for g, x in ratios.items()) + ". "
                    + ("**WorldLM's claim holds here**: the flat federation's perplexity rose under DP, the tree's did not, and the tree ends lower on every source."
                       if ok_claim else "**WorldLM's claim is not borne out here**: " + (
                           "the tree ends lower on every source, but " if better else "the tree does not end lower on every source; ")
