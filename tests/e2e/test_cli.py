@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,15 @@ def test_demo_runs_a_federation_prints_the_table_and_serves_the_api(tmp_path: Pa
         assert (status["state"], status["model_version"], status["current_round"]) == ("completed", 2, 2)
         config = status["config"]  # as the coordinator process recorded it
         assert (config["max_norm_ratio"], config["round_timeout"], config["min_updates"]) == (3.0, 600.0, 2)
+        # keep reading what it prints while it stops: a full pipe would block it (the demo, or a child
+        # writing to the same stdout) and it would never exit
+        rest: list[str] = []
+        drain = threading.Thread(target=lambda: rest.extend(proc.stdout or ()), daemon=True)
+        drain.start()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-        assert proc.returncode == 0
+        proc.wait(timeout=120)
+        drain.join(10)
+        assert proc.returncode == 0, "".join(rest)[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
