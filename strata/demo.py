@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -292,6 +293,10 @@ class Demo(Processes):
             if not ok:
                 self._print_failures()
             if a.serve:
+                # Ctrl-C (or SIGTERM) stops it even where SIGINT arrives ignored (a shell's background job,
+                # a test runner's worker process): install the handler rather than inherit the disposition
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
                 print(f"serving the dashboard API on {api} (Ctrl-C to stop); work folder {self.dir}")
                 try:
                     while True:
