@@ -6,6 +6,7 @@ import importlib.util
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -19,6 +20,20 @@ def minilm_dir() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     return path if (path / "config.json").is_file() else None
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None (with a note on stderr) when matplotlib is not
+    installed: every report's figure is optional."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def machine() -> str:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import machine
+from bench.common import machine, pyplot
 from bench.optimizers_data import REFERENCE, Workload
 from bench.optimizers_plan import Outcome, final_accuracy, rounds_of
 from bench.optimizers_runs import DEFAULT_LRS, METHODS, Study, plural, server_lrs
@@ -319,13 +318,9 @@ def settings_line(args: argparse.Namespace) -> str:
 
 def plot(out: Outcome, study: Study, path: Path) -> bool:
     """Accuracy per round, one panel per α; False (and a note) when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     args, wl = study.args, study.wl
     assert out.central is not None

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
+
+from bench.common import pyplot
 
 GOAL = 1.5  # the project's goal: perplexity at least 1.5x lower than flat on heterogeneous sub-federations
 MB = 1e6
@@ -397,13 +398,9 @@ def cuts(res: dict[str, Any]) -> list[str]:
 
 
 def plot(res: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), squeeze=False)

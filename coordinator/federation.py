@@ -273,12 +273,13 @@ class Federation:
         more invited) and the blocks, record the round, and build it."""
         self.round_number += 1
         online = sorted(self.sessions.online(), key=lambda w: w.name)
-        invite = math.ceil((self.s.workers_per_round or len(online)) * (1 + self.s.over_selection))
-        chosen = online if invite >= len(online) else self.rng.sample(online, invite)
         dp: dict[str, object] = {}
         if self.privacy:  # Poisson sampling with rate q, the mechanism the accountant composes
             chosen = self.privacy.sample(online)
             dp = self.privacy.row_fields(await asyncio.to_thread(self.privacy.mechanism, len(online)))
+        else:
+            invite = math.ceil((self.s.workers_per_round or len(online)) * (1 + self.s.over_selection))
+            chosen = online if invite >= len(online) else self.rng.sample(online, invite)
         participants = {w.uid: w.name for w in chosen}
         deadline = min(time.time() + self.s.round_timeout, self.deadline_cap or math.inf)
         plan = self.targeting.plan(self.round_number)
