@@ -174,8 +174,13 @@ def records(
     """The rows a completed round adds: per block, per tensor, per worker alignment; the noise floor."""
     bmap = gm.bmap
     blocks = []
+    lost: dict[str, list[float]] = {}  # LoRA product aggregation: the share discarded, per block
+    for a_name, share in getattr(r.aggregator, "discarded", {}).items():
+        lost.setdefault(bmap.block_of[a_name], []).append(share)
     for o in outcomes:
         row = dataclasses.asdict(o) | {"num_elements": bmap.sizes[o.block]}
+        if o.block in lost:  # the mean over the block's adapted matrices
+            row["lora_discarded"] = sum(lost[o.block]) / len(lost[o.block])
         d = div.blocks.get(o.block) if div else None
         if d is not None:
             row |= dict(energy=d.energy, spread=d.spread, divergence=d.divergence, cancelled=d.cancelled)

@@ -15,28 +15,30 @@ import time
 
 from coordinator import checkpoint, recovery, spool
 from coordinator.aggregation import Aggregation
-from coordinator.aggregators import make_aggregator
+from coordinator.aggregators import Aggregator, make_aggregator
+from coordinator.base_files import BaseFiles
 from coordinator.closing import complete
 from coordinator.control import Control
 from coordinator.download import Downloads
 from coordinator.filters import make_filters, refuse_at_close
 from coordinator.global_model import Candidate
 from coordinator.ingest import RoundSums
+from coordinator.lora_aggregation import ProductAggregator
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.privacy import Privacy
+from coordinator.privacy import Mechanism, Privacy
 from coordinator.round import Round
 from coordinator.sessions import Session, Sessions
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from coordinator.subfederation import ParentLink, serve_parent
-from coordinator.upload import Uploads
+from coordinator.upload import Uploads, check_rank
 from coordinator.versions import VersionFiles
 from strata import failpoints
 from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.hierarchy import key_blocks
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.serde import RoundTask, task_to_proto
+from strata.serde import RoundTask, lora_to_proto, task_to_proto
 from strata.storage.models import FederationState, RoundState, UpdateStatus
 from strata.targeting import RoundPlan, Targeting
 
@@ -69,6 +71,7 @@ class Federation:
         self.told_done: set[str] = set()
         self.metrics = CoordinatorMetrics(s.federation)
         self.link: ParentLink | None = None  # set when this federation is a member of a parent
+        self.base: BaseFiles | None = None  # a LoRA federation serves its base model
         self.deadline_cap: float | None = None  # a parent round's deadline: inner rounds end by it
         self.failures = 0  # rounds in a row that missed their quorum
 
@@ -124,6 +127,11 @@ class Federation:
             s.zstd_level,
             lambda: self.current,
         )
+        self.base = (
+            BaseFiles(s.model, gm.lora.base_hash, self.metrics, s.federation, lambda: self.current)  # type: ignore[arg-type]
+            if gm.lora
+            else None
+        )
         self.uploads = Uploads(
             self.store,
             self.fed_id,
@@ -133,6 +141,7 @@ class Federation:
             s.federation,
             lambda: self.current,
             private=s.dp,
+            lora_rank=gm.lora.rank if gm.lora else 0,
         )
         self.resumed = (
             None
@@ -167,11 +176,20 @@ class Federation:
             deadline,
             plan,
             target=len(participants) if mech else self._target(len(participants)),
-            aggregator=make_aggregator(self.s.aggregation, sums, self.s.trim_fraction, mech),
+            aggregator=self._aggregator(sums, mech, number),
         )
+
+    def _aggregator(self, sums: RoundSums, mech: Mechanism | None, number: int) -> Aggregator:
+        lora = self.gm.lora
+        if lora is not None and lora.aggregation == "product" and mech is None:
+            return ProductAggregator(
+                sums, dict(self.gm.model.named_parameters()), lora.rank, self.s.seed + number
+            )
+        return make_aggregator(self.s.aggregation, sums, self.s.trim_fraction, mech)
 
     # ------------------------------------------------------------------ what workers call
     async def join(self, req: pb.JoinRequest, token: str) -> pb.JoinReply:
+        check_rank(req.lora_rank, self.gm.lora.rank if self.gm.lora else 0)
         sess = await self.sessions.join(req, token)
         return pb.JoinReply(
             worker_id=sess.uid,
@@ -180,6 +198,7 @@ class Federation:
             num_labels=len(self.labels),
             labels=self.labels,
             max_seq_len=self.s.max_seq_len,
+            lora=lora_to_proto(self.gm.lora) if self.gm.lora else None,
         )
 
     async def get_task(self, sess: Session, wait_seconds: float) -> pb.Task:

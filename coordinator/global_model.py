@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from strata.adapters import LoraSpec
 from strata.frames import Expected
 from strata.layers import BlockMap
 
@@ -48,6 +49,7 @@ class GlobalModel:
     hashes: dict[int, str] = field(default_factory=dict)  # every version the federation has had
     residual: dict[str, torch.Tensor] = field(default_factory=dict)  # the server's error feedback
     optimizer_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    lora: LoraSpec | None = None  # a LoRA federation's adapter: only its tensors make up a version
 
     def publish(self, c: Candidate) -> None:
         """Make a recorded candidate the version workers get; call only after its commit."""

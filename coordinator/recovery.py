@@ -4,12 +4,15 @@ left open reopened with every update it had accepted."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from transformers import PreTrainedModel
 
 from coordinator import checkpoint, spool
 from coordinator.global_model import GlobalModel
@@ -19,6 +22,8 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from coordinator.versions import VersionFiles
 from strata import optimizers, tensorfile
+from strata.adapters import LoraSpec, head_modules, resolve_targets, wrap
+from strata.base_model import checkpoint_hash
 from strata.errors import StrataError
 from strata.frames import expected_of
 from strata.layers import block_map
@@ -56,8 +61,12 @@ def open_federation(
     database records (checkpointing version 0 of a new federation)."""
     model, tokenizer = load_model(s.model, labels, seed=s.seed, task=s.task)  # type: ignore[arg-type]
     assets = save_assets(model, tokenizer, s.data_dir / "assets" / s.federation)
+    spec = lora_spec(s, model) if s.lora_rank else None
+    if spec is not None:
+        model = wrap(model, spec, s.task)  # type: ignore[assignment]
     tensors = global_tensors(model)
-    gm = GlobalModel(model, tokenizer, assets, block_map(model), expected_of(tensors))
+    gm = GlobalModel(model, tokenizer, assets, block_map(model), expected_of(tensors), lora=spec)
+    recorded = s.record() | {"labels": labels} | ({"lora": lora_record(spec)} if spec else {})
     fed = store.get_or_create_federation(
         s.federation,
         model_name=str(s.model),
@@ -65,12 +74,19 @@ def open_federation(
         task_kind=s.task,
         total_rounds=s.rounds,
         num_parameters=sum(t.numel() for t in tensors.values()),
-        config=s.record() | {"labels": labels},
+        config=recorded,
     )
     if fed.task_kind != s.task:
         raise ValueError(
             f"federation {s.federation!r} was created for task {fed.task_kind}, not {s.task}; "
             "start a new federation (--federation) to change the task"
+        )
+    was = (fed.config or {}).get("lora")
+    if (fed.model_version > 0 or checkpoint.exists(ckpt_dir, 0)) and was != recorded.get("lora"):
+        raise ValueError(
+            f"federation {s.federation!r} was created with LoRA adapter {was or 'none (full fine-tuning)'}, "
+            f"not {recorded.get('lora') or 'none'}; keep its lora_* settings and base model, or start a new "
+            "federation (--federation)"
         )
     resume_version(fed, gm, ckpt_dir, s.federation)
     store.update_federation(
@@ -80,9 +96,33 @@ def open_federation(
         total_rounds=s.rounds,
         state=FederationState.RUNNING.value,
         error=None,
-        config=s.record() | {"labels": labels},  # a restart may change settings: record them
+        config=recorded,  # a restart may change settings: record them
     )
     return gm, fed
+
+
+def lora_spec(s: CoordinatorSettings, model: PreTrainedModel) -> LoraSpec:
+    """The federation's adapter for this (unwrapped) model: targets checked, the head of a classifier
+    trained whole, the base checkpoint hashed (the hash is cached under the data folder)."""
+    assert s.model is not None
+    head = block_map(model)["head"].tensors if s.task == "sequence-classification" else ()
+    return LoraSpec(
+        s.lora_rank,
+        s.lora_alpha,
+        s.lora_dropout,
+        resolve_targets(model, s.lora_target_list()),
+        head_modules(model, head),
+        checkpoint_hash(s.model, cache=s.data_dir / "base-hashes.json"),
+        s.lora_aggregation,
+    )
+
+
+def lora_record(spec: LoraSpec) -> dict[str, object]:
+    """What the federation records of its adapter; a restart must bring the same."""
+    return dataclasses.asdict(spec) | {
+        "targets": list(spec.targets),
+        "modules_to_save": list(spec.modules_to_save),
+    }
 
 
 def resume_version(fed: Federation, gm: GlobalModel, ckpt_dir: Path, name: str) -> None:

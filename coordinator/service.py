@@ -9,7 +9,7 @@ import grpc
 from coordinator.auth import bearer_token
 from coordinator.federation import Federation
 from coordinator.sessions import Session
-from strata.errors import InvalidInput, Unauthenticated
+from strata.errors import FailedPrecondition, InvalidInput, Unauthenticated
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -40,6 +40,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[pb.ModelChunk]:
         self._session(request.worker_id, context)  # authenticates the caller
         async for chunk in self.runner.downloads.pull(request):
+            yield chunk
+
+    async def PullBase(
+        self, request: pb.BaseRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.BaseChunk]:
+        self._session(request.worker_id, context)  # authenticates the caller
+        if self.runner.base is None:
+            raise FailedPrecondition(
+                "this federation trains the whole model: it has no base model to download"
+            )
+        async for chunk in self.runner.base.pull(request):
             yield chunk
 
     async def PushUpdate(

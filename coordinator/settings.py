@@ -81,6 +81,11 @@ RECORDED = (
     "dp_target_quantile",
     "dp_clip_lr",
     "dp_count_noise",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "lora_aggregation",
 )
 
 

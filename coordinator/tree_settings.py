@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 from pydantic import Field, SecretStr, model_validator
 
-from strata.settings import StrataSettings
+from coordinator.lora_settings import LoraSettings
 
 KEY_AGGREGATIONS = ("attention", "mean")
 _TOP = re.compile(r"^top:(\d+)$")
 
 
-class TreeSettings(StrataSettings):
+class TreeSettings(LoraSettings):
     """Fields shared by CoordinatorSettings; see the module docstring."""
 
     parent: str = Field(

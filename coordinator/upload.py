@@ -37,6 +37,7 @@ class Uploads:
         federation: str,
         current: Callable[[], Round | None],
         private: bool = False,
+        lora_rank: int = 0,
     ) -> None:
         self.store = store
         self.fed_id = fed_id
@@ -46,6 +47,7 @@ class Uploads:
         self.federation = federation
         self.current = current
         self.private = private  # differential privacy: nothing per member beyond what the noise covers
+        self.lora_rank = lora_rank  # a LoRA federation's rank: no update may be of a higher one
 
     async def push(
         self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
@@ -59,6 +61,7 @@ class Uploads:
         if r is None:
             raise FailedPrecondition(f"update for round {h.round}, but the open round is none")
         r.check_update(sess, h)
+        check_rank(h.lora_rank, self.lora_rank)
         writer = spool.SpoolWriter(spool.round_dir(self.spool_dir, r.number) / f"{sess.name}.update")
         upload = r.uploads[sess.uid] = Upload(writer, r.aggregator.stream_weight(h.num_samples))
         try:
@@ -197,4 +200,14 @@ class Uploads:
             num_samples=req.num_samples,
             loss=req.loss,
             accuracy=req.accuracy,
+        )
+
+
+def check_rank(rank: int, federation_rank: int) -> None:
+    """Refuse a member's LoRA rank its federation cannot take (INVALID_ARGUMENT, naming the setting)."""
+    if rank and not federation_rank:
+        raise InvalidInput(f"lora_rank {rank}: this federation trains the whole model, not LoRA adapters")
+    if rank > federation_rank:
+        raise InvalidInput(
+            f"lora_rank {rank} is above the federation's rank {federation_rank}; use at most {federation_rank}"
         )

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from strata.adapters import travels
+
 log = logging.getLogger("strata")
 
 KNOWN = {
@@ -102,14 +104,16 @@ def classify(name: str, family: str) -> tuple[str, int]:
 def block_map(model: torch.nn.Module, trainable_only: bool = False) -> BlockMap:
     """Group the model's parameters (tied weights once) into blocks.
 
-    With LoRA adapters (peft), only adapter tensors and the modules peft keeps trainable form blocks:
-    frozen base weights never travel. `trainable_only` likewise keeps only tensors that require grad.
+    With LoRA adapters (peft), only adapter tensors and the modules trained whole form blocks (frozen base
+    weights never travel; strata.adapters.travels). `trainable_only` likewise keeps only tensors that require grad.
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", "") or ""
     params = list(model.named_parameters())
     lora = any(_LORA.search("." + n) for n, _ in params)
-    if lora or trainable_only:
+    if lora:  # the adapters and the modules trained whole: what travels, whatever trains this round
+        params = [(n, p) for n, p in params if travels(n)]
+    elif trainable_only:
         params = [(n, p) for n, p in params if p.requires_grad]
     family = KNOWN.get(model_type, "")
     fallback = not family

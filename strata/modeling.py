@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (  # type: ignore[attr-defined]
@@ -31,6 +32,7 @@ from transformers import (  # type: ignore[attr-defined]
 )
 
 from strata import atomic
+from strata.adapters import is_adapted, travels
 from strata.data import Example
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -194,7 +196,7 @@ def make_tiny_causal_model_dir(
 
 
 def load_model(
-    model_dir: str | Path, labels: Sequence[str], seed: int = 0, task: str = TASKS[0]
+    model_dir: str | Path, labels: Sequence[str], seed: int = 0, task: str = TASKS[0], **options: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model for `task` (one of TASKS) from a local transformers directory.
 
@@ -205,6 +207,7 @@ def load_model(
     pad token pads with its eos (or unk) token; padding goes on the right.
 
     The config records the class loaded (``architectures``), so the assets rebuild the same task.
+    `options` go to ``from_pretrained`` (dtype, a quantization config, a device map).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks are {', '.join(TASKS)}")
@@ -215,14 +218,16 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     torch.manual_seed(seed)
     if task == "causal-lm":
-        model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, config=config, local_files_only=True, **options
+        )
         _prepare_causal_tokenizer(model, tokenizer)
     else:
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, config=config, local_files_only=True, ignore_mismatched_sizes=True
+            model_dir, config=config, local_files_only=True, ignore_mismatched_sizes=True, **options
         )
     model.config.architectures = [type(model).__name__]
     model.eval()
@@ -281,8 +286,12 @@ def write_assets(files: Mapping[str, bytes], out_dir: str | Path) -> Path:
 
 
 def global_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that make up a model version: every parameter (tied weights once), detached."""
-    return {name: p.detach() for name, p in model.named_parameters()}
+    """The tensors that make up a model version: every parameter (tied weights once), detached; of a LoRA
+    model (strata.adapters), only the adapters and the modules it trains whole (the base never travels)."""
+    params = model.named_parameters()
+    if is_adapted(model):
+        return {name: p.detach() for name, p in params if travels(name)}
+    return {name: p.detach() for name, p in params}
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from strata.adapters import AGGREGATIONS, LoraSpec
 from strata.proto.v1 import coordinator_pb2 as pb
 
 
@@ -100,4 +101,32 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         blocks=tuple(m.blocks),
         local_blocks=tuple(m.local_blocks),
         residual_keep=m.residual_keep,
+    )
+
+
+def lora_to_proto(spec: LoraSpec) -> pb.LoraAdapter:
+    return pb.LoraAdapter(
+        rank=spec.rank,
+        alpha=spec.alpha,
+        dropout=spec.dropout,
+        targets=list(spec.targets),
+        modules_to_save=list(spec.modules_to_save),
+        base_hash=spec.base_hash,
+        aggregation=spec.aggregation,
+    )
+
+
+def lora_from_proto(m: pb.LoraAdapter) -> LoraSpec | None:
+    """The adapter a join reply announces; None for a federation that trains the whole model. ValueError
+    for values no adapter can have."""
+    if not m.rank:
+        return None
+    if not (m.alpha > 0 and math.isfinite(m.alpha)) or not (0 <= m.dropout < 1) or not m.targets:
+        raise ValueError(
+            f"invalid LoRA adapter: alpha {m.alpha}, dropout {m.dropout}, targets {list(m.targets)}"
+        )
+    if m.aggregation not in AGGREGATIONS or not m.base_hash:
+        raise ValueError(f"invalid LoRA adapter: aggregation {m.aggregation!r}, base hash {m.base_hash!r}")
+    return LoraSpec(
+        m.rank, m.alpha, m.dropout, tuple(m.targets), tuple(m.modules_to_save), m.base_hash, m.aggregation
     )

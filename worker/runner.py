@@ -9,16 +9,19 @@ from pathlib import Path
 import grpc
 
 from strata import __version__
+from strata.adapters import LoraSpec
 from strata.member.client import CoordinatorClient
 from strata.member.download import ModelCopy
 from strata.member.replica import Replica, TrainResult
 from strata.member.upload import Pending, deliver
 from strata.memory import tune_malloc
 from strata.modeling import evaluate, pick_device
+from strata.names import TASKS
 from strata.proto.v1 import coordinator_pb2 as pb
-from strata.serde import RoundTask, task_from_proto
-from worker import ranks
+from strata.serde import RoundTask, lora_from_proto, task_from_proto
+from worker import base_download, ranks
 from worker.errors import WorkerError
+from worker.large_models import adapted_replica, load_options
 from worker.local_data import LocalData, check_labels, load_local_data
 from worker.local_dp import LocalDPConfig
 from worker.settings import WorkerSettings
@@ -55,6 +58,7 @@ class Worker:
         self.data: LocalData | None = None
         self.local_labels: list[str] | None = None
         self.pending: Pending | None = None  # a trained update not yet delivered
+        self.spec: LoraSpec | None = None  # a LoRA federation's adapter
 
     @property
     def assets(self) -> Path:
@@ -73,6 +77,7 @@ class Worker:
                 num_eval_samples=len(self.data.eval),
                 device=self.copy.device,
                 version=__version__,
+                lora_rank=self.s.lora_rank,
             )
         )
         check_labels(
@@ -81,6 +86,7 @@ class Worker:
         self.worker_id = reply.worker_id
         self.federation = reply.federation
         self.residual_path = self.s.cache_dir / reply.federation / f"{self.s.name}-residual.safetensors"
+        self.adapter(reply)
         log.info(
             "%s joined federation %s: %d training / %d held-out examples on %s",
             self.s.name,
@@ -88,6 +94,40 @@ class Worker:
             len(self.data.train),
             len(self.data.eval),
             self.copy.device,
+        )
+
+    def adapter(self, reply: pb.JoinReply) -> None:
+        """A LoRA federation: the rank this worker trains, its base model (found or downloaded, checked by
+        hash) and the replica built on it. A plain federation: settings that only LoRA uses are refused."""
+        s = self.s
+        try:
+            self.spec = lora_from_proto(reply.lora)
+        except ValueError as exc:
+            raise WorkerError(f"the coordinator announced an adapter this worker cannot use: {exc}") from None
+        if self.spec is None:
+            for name in ("base_model", "quantize_base", "lora_rank"):
+                if getattr(s, name):
+                    raise WorkerError(
+                        f"{name}: federation {reply.federation} trains the whole model, not LoRA adapters; "
+                        f"unset --{name.replace('_', '-')}"
+                    )
+            return
+        if s.lora_rank > self.spec.rank:
+            raise WorkerError(
+                f"lora_rank: {s.lora_rank} is above the federation's rank {self.spec.rank}; use at most "
+                f"{self.spec.rank} (or 0 for the federation's)"
+            )
+        if self.rank is not None and self.rank.world > 1:
+            raise WorkerError("a LoRA federation's worker runs as one process (start it without torchrun)")
+        load_options(self.copy.device, s.quantize_base)  # refuses 4-bit on a CPU before any download
+        if self.copy.replica is not None:
+            return  # joined again after a coordinator restart: the same base and replica
+        base = base_download.resolve(
+            self.client, self.worker_id, self.spec.base_hash, s.cache_dir, s.base_model, s.progress
+        )
+        spec, labels, task = self.spec, list(reply.labels), reply.task_kind or TASKS[0]
+        self.copy.builder = lambda assets: adapted_replica(
+            base, spec, labels, task, self.copy.device, s.quantize_base, s.gradient_checkpointing
         )
 
     def run(self) -> int:
@@ -124,6 +164,7 @@ class Worker:
             self.s.name,
             self.s.progress,
             self.local_dp(),
+            self.s.lora_rank if self.spec is not None else 0,
         )
         if result.local_epsilon:
             log.info(

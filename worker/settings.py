@@ -73,6 +73,27 @@ class WorkerSettings(StrataSettings):
         description="Local DP-SGD: stop training before the records' ε would pass this (0: no budget)",
     )
 
+    base_model: str | None = Field(
+        None,
+        description="LoRA federations: this organisation's copy of the base model (a folder, or hf:ORG/NAME in the "
+        "Hugging Face cache), checked against the federation's hash (unset: use the cache, else download it once)",
+    )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="LoRA federations: train a lower rank than the federation's (at most its rank; 0: the same)",
+    )
+    quantize_base: str = Field(
+        "",
+        pattern=r"^(|4bit|8bit)$",
+        description="LoRA federations on a CUDA GPU: load the frozen base in 4bit (QLoRA, NF4) or 8bit through "
+        "bitsandbytes (empty: bf16 on a GPU, float32 on a CPU)",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30% more compute"
+    )
+
     @model_validator(mode="after")
     def _check_tls(self) -> WorkerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):

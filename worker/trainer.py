@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -15,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from strata.adapters import RankMask
 from strata.data import Example
 from strata.layers import set_trainable
 from strata.member.replica import Replica, TrainResult
@@ -44,8 +47,12 @@ def train_round(
     worker: str,
     progress: bool = False,
     local_dp: LocalDPConfig | None = None,
+    lora_rank: int = 0,
 ) -> TrainResult:
     """Train one round's task: the entry point of a worker and of every rank of a torchrun worker.
+
+    `lora_rank` (a LoRA federation's worker that trains a lower rank than the federation's): the adapters
+    train as rank-`lora_rank` truncations (strata.adapters.RankMask), and the update says so.
 
     Only the task's blocks train (the rest get no gradients and no optimizer state). Under torchrun,
     rank 0 announces the round to the other ranks and every rank takes rank 0's weights, after the
@@ -66,18 +73,20 @@ def train_round(
             trainable / 1e6,
             sum(replica.bmap.sizes.values()) / 1e6,
         )
-    return train(
-        replica.model,
-        replica.tokenizer,
-        examples,
-        task.config,
-        task.round,
-        device=replica.device,
-        progress=progress and leader,
-        label=f"{worker} round {task.round}",
-        worker=worker,
-        local_dp=local_dp,
-    )
+    with RankMask(replica.model, lora_rank) if lora_rank else contextlib.nullcontext():
+        result = train(
+            replica.model,
+            replica.tokenizer,
+            examples,
+            task.config,
+            task.round,
+            device=replica.device,
+            progress=progress and leader,
+            label=f"{worker} round {task.round}",
+            worker=worker,
+            local_dp=local_dp,
+        )
+    return dataclasses.replace(result, lora_rank=lora_rank) if lora_rank else result
 
 
 class Proximal:

@@ -97,6 +97,9 @@ class CoordinatorClient:
     def pull(self, req: pb.PullRequest) -> Iterator[pb.ModelChunk]:
         return self.stub.PullModel(req, metadata=self.metadata, timeout=3600)
 
+    def pull_base(self, req: pb.BaseRequest) -> Iterator[pb.BaseChunk]:
+        return self.stub.PullBase(req, metadata=self.metadata, timeout=3600)
+
     def push(self, chunks: Iterable[pb.UpdateChunk], timeout: float) -> pb.PushReply:
         return self.stub.PushUpdate(iter(chunks), metadata=self.metadata, timeout=timeout)
 

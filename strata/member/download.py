@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ class ModelCopy:
     def __init__(self, client: CoordinatorClient, device: str) -> None:
         self.client = client
         self.device = device
+        #: how the replica is built from the first download's assets (a LoRA worker builds its own)
+        self.builder: Callable[[Path], Replica] = lambda assets: Replica.load(assets, self.device)
         self.replica: Replica | None = None  # built from the assets of the first download
         self.version = 0
         self.hash = ""
@@ -133,5 +136,5 @@ class ModelCopy:
         if self.replica is None:
             if not files:
                 raise InvalidInput("the first model download carries no assets")
-            self.replica = Replica.load(write_assets(files, assets), self.device)
+            self.replica = self.builder(write_assets(files, assets))
         return self.replica

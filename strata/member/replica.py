@@ -26,6 +26,7 @@ class TrainResult:
     seconds: float
     local_epsilon: float = 0.0  # local DP-SGD: ε of this member's records so far (0: not private)
     local_delta: float = 0.0
+    lora_rank: int = 0  # a LoRA worker that trained a lower rank than its federation's (0: the same)
 
 
 @dataclass(frozen=True)

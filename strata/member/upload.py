@@ -54,6 +54,7 @@ def update_chunks(
             num_tensors=len(encoded),
             local_epsilon=result.local_epsilon,
             local_delta=result.local_delta,
+            lora_rank=result.lora_rank,
         )
     )
     for i, name in enumerate(sorted(encoded)):

@@ -122,6 +122,8 @@ class Worker(Base):
     # local DP-SGD on the worker's own records (docs/privacy.md): the (ε, δ) it reported last
     local_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     local_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # a LoRA federation: the rank this worker trains (null: the federation's)
+    lora_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     federation: Mapped[Federation] = relationship(back_populates="workers")
 
@@ -204,6 +206,8 @@ class RoundBlock(Base):
     spread: Mapped[float | None] = mapped_column(Float, nullable=True)
     divergence: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancelled: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # a LoRA federation aggregating products: the share of the block's mean B·A beyond rank r
+    lora_discarded: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     round: Mapped[Round] = relationship(back_populates="block_outcomes")
 

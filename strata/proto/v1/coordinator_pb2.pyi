@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version", "members", "inner_rounds")
+    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version", "members", "inner_rounds", "lora_rank")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class JoinRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     INNER_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_samples: int
     num_eval_samples: int
@@ -24,23 +25,80 @@ class JoinRequest(_message.Message):
     version: str
     members: int
     inner_rounds: int
-    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ...) -> None: ...
+    lora_rank: int
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ..., lora_rank: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len")
+    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     TASK_KIND_FIELD_NUMBER: _ClassVar[int]
     NUM_LABELS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     federation: str
     task_kind: str
     num_labels: int
     labels: _containers.RepeatedScalarFieldContainer[str]
     max_seq_len: int
-    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ...) -> None: ...
+    lora: LoraAdapter
+    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ..., lora: _Optional[_Union[LoraAdapter, _Mapping]] = ...) -> None: ...
+
+class LoraAdapter(_message.Message):
+    __slots__ = ("rank", "alpha", "dropout", "targets", "modules_to_save", "base_hash", "aggregation")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_TO_SAVE_FIELD_NUMBER: _ClassVar[int]
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    alpha: float
+    dropout: float
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    modules_to_save: _containers.RepeatedScalarFieldContainer[str]
+    base_hash: str
+    aggregation: str
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., targets: _Optional[_Iterable[str]] = ..., modules_to_save: _Optional[_Iterable[str]] = ..., base_hash: _Optional[str] = ..., aggregation: _Optional[str] = ...) -> None: ...
+
+class BaseRequest(_message.Message):
+    __slots__ = ("worker_id", "file", "offset")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    file: str
+    offset: int
+    def __init__(self, worker_id: _Optional[str] = ..., file: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class BaseFile(_message.Message):
+    __slots__ = ("name", "size", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class BaseManifest(_message.Message):
+    __slots__ = ("base_hash", "files")
+    BASE_HASH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    base_hash: str
+    files: _containers.RepeatedCompositeFieldContainer[BaseFile]
+    def __init__(self, base_hash: _Optional[str] = ..., files: _Optional[_Iterable[_Union[BaseFile, _Mapping]]] = ...) -> None: ...
+
+class BaseChunk(_message.Message):
+    __slots__ = ("manifest", "data")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    manifest: BaseManifest
+    data: bytes
+    def __init__(self, manifest: _Optional[_Union[BaseManifest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
     __slots__ = ("worker_id", "wait_seconds")
@@ -191,7 +249,7 @@ class ModelChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., file: _Optional[_Union[FileHeader, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[ModelEnd, _Mapping]] = ..., mark: _Optional[_Union[VersionMark, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("worker_id", "round", "base_version", "base_hash", "num_samples", "train_loss", "train_accuracy", "train_seconds", "num_steps", "num_tensors", "local_epsilon", "local_delta")
+    __slots__ = ("worker_id", "round", "base_version", "base_hash", "num_samples", "train_loss", "train_accuracy", "train_seconds", "num_steps", "num_tensors", "local_epsilon", "local_delta", "lora_rank")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +262,7 @@ class UpdateHeader(_message.Message):
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPSILON_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DELTA_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     round: int
     base_version: int
@@ -216,7 +275,8 @@ class UpdateHeader(_message.Message):
     num_tensors: int
     local_epsilon: float
     local_delta: float
-    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., base_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., num_steps: _Optional[int] = ..., num_tensors: _Optional[int] = ..., local_epsilon: _Optional[float] = ..., local_delta: _Optional[float] = ...) -> None: ...
+    lora_rank: int
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., base_hash: _Optional[str] = ..., num_samples: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., num_steps: _Optional[int] = ..., num_tensors: _Optional[int] = ..., local_epsilon: _Optional[float] = ..., local_delta: _Optional[float] = ..., lora_rank: _Optional[int] = ...) -> None: ...
 
 class UpdateEnd(_message.Message):
     __slots__ = ("num_tensors",)

@@ -59,6 +59,11 @@ class CoordinatorStub:
                 request_serializer=strata_dot_v1_dot_coordinator__pb2.MetricsReport.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_coordinator__pb2.MetricsAck.FromString,
                 _registered_method=True)
+        self.PullBase = channel.unary_stream(
+                '/strata.v1.Coordinator/PullBase',
+                request_serializer=strata_dot_v1_dot_coordinator__pb2.BaseRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_coordinator__pb2.BaseChunk.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -101,6 +106,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullBase(self, request, context):
+        """A LoRA federation's base model, for a worker that holds no copy with the announced hash: with
+        `file` empty the manifest, else that file's bytes from `offset` on (a cut download resumes there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=strata_dot_v1_dot_coordinator__pb2.MetricsReport.FromString,
                     response_serializer=strata_dot_v1_dot_coordinator__pb2.MetricsAck.SerializeToString,
+            ),
+            'PullBase': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullBase,
+                    request_deserializer=strata_dot_v1_dot_coordinator__pb2.BaseRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_coordinator__pb2.BaseChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +283,33 @@ class Coordinator:
             '/strata.v1.Coordinator/ReportMetrics',
             strata_dot_v1_dot_coordinator__pb2.MetricsReport.SerializeToString,
             strata_dot_v1_dot_coordinator__pb2.MetricsAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullBase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/strata.v1.Coordinator/PullBase',
+            strata_dot_v1_dot_coordinator__pb2.BaseRequest.SerializeToString,
+            strata_dot_v1_dot_coordinator__pb2.BaseChunk.FromString,
             options,
             channel_credentials,
             insecure,
