@@ -37,6 +37,8 @@ from strata import failpoints
 from strata.codec import Codec
 from strata.data import Example, read_examples
 from strata.hierarchy import key_blocks
+from strata.instruct import read_chats
+from strata.names import LANGUAGE_TASKS
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, lora_to_proto, task_to_proto
 from strata.storage.models import FederationState, RoundState, UpdateStatus
@@ -53,7 +55,7 @@ class Federation:
             raise ValueError("model: a transformers model directory is required (--model)")
         s = self.s = settings
         self.store = store
-        self.causal = s.task == "causal-lm"
+        self.causal = s.task in LANGUAGE_TASKS  # perplexity, no labels
         self.labels = [] if self.causal else recovery.parse_labels(s.labels, s.model)
         self.ckpt_dir = s.data_dir / "checkpoints" / s.federation
         self.spool_dir = s.data_dir / "spool" / s.federation
@@ -87,9 +89,11 @@ class Federation:
         self.targeting = Targeting(s.targeting(), gm.bmap)  # refuses a k or budget this model cannot meet
         self.key_blocks = key_blocks(s.key_block_spec(), gm.bmap)  # kept partly local by member federations
         if s.eval_data is not None:
-            self.eval_examples = read_examples(
-                s.eval_data, self.labels or None, require_labels=not self.causal
-            )[: s.eval_max_examples]
+            if s.task == "instruction":
+                held = read_chats(s.eval_data)
+            else:
+                held = read_examples(s.eval_data, self.labels or None, require_labels=not self.causal)
+            self.eval_examples = held[: s.eval_max_examples]
         self.metrics.version.labels(s.federation).set(gm.version)
         recovery.restore_state(self.store, self.fed_id, gm, self.ckpt_dir, self.versions, self.optimizer)
         self.targeting.restore(self.store.block_outcomes(self.fed_id))

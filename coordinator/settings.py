@@ -173,7 +173,8 @@ class CoordinatorSettings(PrivacySettings):
     )
     task: str = Field(
         "sequence-classification",
-        description="What the federation trains: sequence-classification (accuracy) or causal-lm (perplexity)",
+        description="What the federation trains: sequence-classification (accuracy), causal-lm (perplexity) or "
+        "instruction (prompt/response pairs or chats, loss on the responses; perplexity)",
     )
     labels: str | None = Field(
         None,

@@ -56,6 +56,10 @@ class Store:
                 update(Federation).where(Federation.id == federation_id).values(updated_at=utcnow(), **fields)
             )
 
+    def federation_by_name(self, name: str) -> Federation | None:
+        with self.sessions() as s:
+            return s.scalar(select(Federation).where(Federation.name == name))
+
     def federation(self, federation_id: int) -> Federation:
         with self.sessions() as s:
             fed = s.get(Federation, federation_id)

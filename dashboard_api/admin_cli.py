@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("name")
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument(
-        "--task", default="sequence-classification", choices=["sequence-classification", "causal-lm"]
+        "--task",
+        default="sequence-classification",
+        choices=["sequence-classification", "causal-lm", "instruction"],
     )
     c.add_argument("--model-name", default="")
     t = verbs.add_parser("token", help="worker tokens").add_subparsers(dest="token_verb", required=True)

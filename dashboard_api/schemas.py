@@ -153,7 +153,7 @@ class RoundOut(_Out):
         description="Adaptive clipping: the noised count of updates that fitted under the clip."
     )
 
-    @computed_field(description="exp(test_loss): the test perplexity of a causal-lm federation.")  # type: ignore[prop-decorator]
+    @computed_field(description="exp(test_loss): the test perplexity of a language-model federation.")  # type: ignore[prop-decorator]
     @property
     def test_perplexity(self) -> float | None:
         if self.test_loss is None:
@@ -364,7 +364,7 @@ class Page(_Out, Generic[T]):
 class FederationCreate(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, description="Unique federation name.")
     total_rounds: int = Field(5, ge=1, le=1_000_000, description="Rounds to run.")
-    task_kind: Literal["sequence-classification", "causal-lm"] = Field(
+    task_kind: Literal["sequence-classification", "causal-lm", "instruction"] = Field(
         "sequence-classification", description="What the federation trains."
     )
     model_name: str = Field("", max_length=512, description="The base model (a path or a name), for display.")

@@ -125,6 +125,23 @@ def chat_from_text(text: str, where: str = "chat") -> Chat:
     return _messages(value, where)
 
 
+def holds_chats(path: str | Path) -> bool:
+    """Whether a JSON Lines file holds chat records: its first non-blank line is an object with "messages"
+    or "prompt" (a file that cannot be read as such says no: the plain readers then report why)."""
+    path = Path(path)
+    if not path.is_file() or not path.name.lower().endswith((".jsonl", ".jsonl.zst")):
+        return False
+    try:
+        with _open_lines(path) as lines:
+            for line in lines:
+                if line.strip():
+                    record = json.loads(line)
+                    return isinstance(record, dict) and ("messages" in record or "prompt" in record)
+    except (DataError, ValueError):
+        return False
+    return False
+
+
 def read_chats(path: str | Path) -> list[Example]:
     """Read a ``.jsonl`` or ``.jsonl.zst`` file of chat records (see ``chat_of``; blank lines skipped)
     into examples ``Example(chat_to_text(chat), NO_LABEL)``. :class:`DataError` names the file and line."""

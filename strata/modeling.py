@@ -41,7 +41,7 @@ ASSET_SUFFIXES = (".json", ".txt", ".model")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: what a model can be fine-tuned for; the first is the default
-from strata.names import TASKS  # noqa: E402 - re-exported
+from strata.names import LANGUAGE_TASKS, TASKS  # noqa: E402 - re-exported
 
 #: how transformers names its causal LM classes (GPT2LMHeadModel, LlamaForCausalLM, ...)
 _CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -50,11 +50,15 @@ IGNORE_INDEX = -100
 
 
 def task_of(model_or_config: torch.nn.Module | PretrainedConfig) -> str:
-    """The task a model is for: "causal-lm" for a causal language model, else "sequence-classification".
+    """The task a model is for: "instruction" for a causal LM loaded for instruction tuning (its config says
+    so in ``strata_task``), "causal-lm" for another causal language model, else "sequence-classification".
 
     A model is judged by its class (and its base classes, so wrappers such as peft's count); a config
     by the architecture it names (``architectures``, written when a model is saved).
     """
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "strata_task", None) == "instruction":
+        return "instruction"
     if isinstance(model_or_config, torch.nn.Module):
         names = [cls.__name__ for cls in type(model_or_config).__mro__]
     else:
@@ -217,7 +221,9 @@ def load_model(
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     torch.manual_seed(seed)
-    if task == "causal-lm":
+    if task in LANGUAGE_TASKS:
+        if task == "instruction":  # recorded in the config, so the assets rebuild the same task
+            config.strata_task = "instruction"
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, config=config, local_files_only=True, **options
         )
@@ -241,7 +247,7 @@ def model_from_assets(assets_dir: str | Path) -> tuple[PreTrainedModel, PreTrain
     """
     config = AutoConfig.from_pretrained(assets_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(assets_dir, local_files_only=True)
-    if task_of(config) == "causal-lm":
+    if task_of(config) in LANGUAGE_TASKS:
         model = AutoModelForCausalLM.from_config(config)
         _prepare_causal_tokenizer(model, tokenizer)
     else:
@@ -330,9 +336,15 @@ def model_inputs(
 
     Classification: the examples' labels. Causal LM: the input ids with padding set to IGNORE_INDEX
     (the model shifts them: the token at t+1 is the target of position t); example labels are unused.
+    Instruction: each example a chat (strata.instruct), every token but the responses' set to IGNORE_INDEX.
     """
+    if task == "instruction":
+        from strata.instruct import encode_chats
+
+        chat_enc, chat_labels = encode_chats(tokenizer, [e.text for e in batch], max_len)
+        return {k: v.to(device) for k, v in chat_enc.items()}, chat_labels.to(device)
     enc = {k: v.to(device) for k, v in encode_batch(tokenizer, [e.text for e in batch], max_len).items()}
-    if task != "causal-lm":
+    if task == TASKS[0]:
         return enc, torch.tensor([e.label for e in batch], device=device)
     enc.pop("token_type_ids", None)  # an encoder-style tokenizer's; decoders take none
     return enc, enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
@@ -341,7 +353,7 @@ def model_inputs(
 def count_correct(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """(correct predictions, predictions) in a batch: one per example for classification; for a
     causal LM one per predicted token (the next token of each position whose target is not padding)."""
-    if task != "causal-lm":
+    if task == TASKS[0]:
         return int((logits.argmax(-1) == labels).sum()), len(labels)
     targets = labels[:, 1:]
     scored = targets != IGNORE_INDEX

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from strata.data import DataError, Example, find_split, read_examples, read_labels
+from strata.instruct import holds_chats, read_chats
+from strata.names import LANGUAGE_TASKS
 from strata.split import holdout
 from worker.errors import WorkerError
 from worker.settings import WorkerSettings
@@ -14,6 +17,14 @@ from worker.settings import WorkerSettings
 class LocalData:
     train: list[Example]
     eval: list[Example]
+    chats: bool = False  # instruction data: each example a chat (strata.instruct)
+
+
+def read_split(path: Path, labels: list[str] | None) -> tuple[list[Example], bool]:
+    """A split's examples, and whether they are chats (prompt/response or messages records)."""
+    if holds_chats(path):
+        return read_chats(path), True
+    return read_examples(path, labels, require_labels=False), False
 
 
 def load_local_data(settings: WorkerSettings) -> tuple[LocalData, list[str] | None]:
@@ -28,21 +39,21 @@ def load_local_data(settings: WorkerSettings) -> tuple[LocalData, list[str] | No
     if path.is_dir():
         if (path / "labels.json").is_file():
             labels = read_labels(path)
-        train_set = read_examples(find_split(path, "train"), labels, require_labels=False)
+        train_set, chats = read_split(find_split(path, "train"), labels)
         try:
-            eval_set = read_examples(find_split(path, "test"), labels, require_labels=False)
+            eval_set, _ = read_split(find_split(path, "test"), labels)
         except DataError:
             eval_set = []
     else:
-        train_set, eval_set = read_examples(path, require_labels=False), []
+        (train_set, chats), eval_set = read_split(path, None), []
     if settings.eval_data is not None:
-        eval_set = read_examples(settings.eval_data, labels, require_labels=False)
+        eval_set, _ = read_split(settings.eval_data, labels)
     if not eval_set and settings.eval_fraction > 0 and len(train_set) >= 2:
         keep, held = holdout(list(range(len(train_set))), settings.eval_fraction, seed=0)
         train_set, eval_set = [train_set[i] for i in keep], [train_set[i] for i in held]
     if not train_set:
         raise WorkerError(f"{path}: no training examples")
-    return LocalData(train_set, eval_set), labels
+    return LocalData(train_set, eval_set, chats), labels
 
 
 def check_labels(
@@ -51,8 +62,12 @@ def check_labels(
     federation_labels: list[str],
     task: str = "sequence-classification",
 ) -> None:
-    """Refuse local data whose classes do not match the federation's (a causal-lm federation needs text only)."""
-    if task == "causal-lm":
+    """Refuse local data whose classes do not match the federation's (a causal-lm federation needs text only,
+    an instruction federation chats)."""
+    if (task == "instruction") != data.chats:
+        need = "prompt/response (or messages) records" if task == "instruction" else "text records"
+        raise WorkerError(f"a {task} federation trains on {need}; this worker's data holds the other kind")
+    if task in LANGUAGE_TASKS:
         return
     unlabelled = sum(1 for ex in data.train + data.eval if ex.label < 0)
     if unlabelled:

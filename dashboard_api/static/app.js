@@ -278,7 +278,7 @@ async function render(name) {
   ]);
   const rounds = page.items;
   const done = rounds.filter((r) => r.state === "completed");
-  const lm = status.task_kind === "causal-lm";
+  const lm = status.task_kind !== "sequence-classification";
   document.getElementById("status").innerHTML = [
     card("state", escapeHtml(status.state), `state-${escapeHtml(status.state)}`),
     card("round", `${status.current_round} / ${status.total_rounds}`),
