@@ -158,13 +158,13 @@ class CoordinatorProcess:
             self.proc.wait(10)
 
 
-def make_model(path: Path) -> Path:
+def make_model(path: Path, seed: int = 0) -> Path:
     train, _ = synthetic.generate_splits(400, 10, seed=1)
     return make_tiny_model_dir(
         path,
         [e.text for e in train],
         synthetic.LABELS,
-        seed=0,
+        seed=seed,
         hidden_size=32,
         num_layers=1,
         num_heads=2,

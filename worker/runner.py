@@ -70,16 +70,7 @@ class Worker:
     def join(self) -> None:
         if self.data is None:
             self.data, self.local_labels = load_local_data(self.s)
-        reply = self.client.join(
-            pb.JoinRequest(
-                name=self.s.name,
-                num_samples=len(self.data.train),
-                num_eval_samples=len(self.data.eval),
-                device=self.copy.device,
-                version=__version__,
-                lora_rank=self.s.lora_rank,
-            )
-        )
+        reply = self._join_rpc()
         check_labels(
             self.data, self.local_labels, list(reply.labels), reply.task_kind or "sequence-classification"
         )
@@ -95,6 +86,25 @@ class Worker:
             len(self.data.eval),
             self.copy.device,
         )
+
+    def _join_rpc(self) -> pb.JoinReply:
+        """The Join call; a refusal of this worker's own settings (INVALID_ARGUMENT) as a WorkerError."""
+        assert self.data is not None
+        try:
+            return self.client.join(
+                pb.JoinRequest(
+                    name=self.s.name,
+                    num_samples=len(self.data.train),
+                    num_eval_samples=len(self.data.eval),
+                    device=self.copy.device,
+                    version=__version__,
+                    lora_rank=self.s.lora_rank,
+                )
+            )
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            raise WorkerError(f"the coordinator refused this worker: {err.details()}") from None
 
     def adapter(self, reply: pb.JoinReply) -> None:
         """A LoRA federation: the rank this worker trains, its base model (found or downloaded, checked by
@@ -122,9 +132,20 @@ class Worker:
         load_options(self.copy.device, s.quantize_base)  # refuses 4-bit on a CPU before any download
         if self.copy.replica is not None:
             return  # joined again after a coordinator restart: the same base and replica
-        base = base_download.resolve(
-            self.client, self.worker_id, self.spec.base_hash, s.cache_dir, s.base_model, s.progress
-        )
+        for _ in range(5):
+            try:
+                base = base_download.resolve(
+                    self.client, self.worker_id, self.spec.base_hash, s.cache_dir, s.base_model, s.progress
+                )
+                break
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                # the coordinator restarted mid-download and forgot this worker: join again, resume
+                log.info("the coordinator restarted during the base model download; joining again")
+                self.worker_id = self._join_rpc().worker_id
+        else:
+            raise WorkerError("the base model download kept losing the coordinator's session")
         spec, labels, task = self.spec, list(reply.labels), reply.task_kind or TASKS[0]
         self.copy.builder = lambda assets: adapted_replica(
             base, spec, labels, task, self.copy.device, s.quantize_base, s.gradient_checkpointing

@@ -154,3 +154,83 @@ def test_a_federation_refuses_adapter_settings_that_cannot_work(
     with pytest.raises(ValueError, match=message):
         s = coordinator_settings(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", tiny_model, lora_rank=4, **extra)
         ServedCoordinator(s)
+
+
+def instruction_pairs(n: int, seed: int) -> list[dict[str, str]]:
+    """Prompt/response pairs with a rule to learn: the response repeats the prompt's last word, twice."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["red", "blue", "green", "apple", "river", "stone", "cloud", "music", "paper", "light"]
+    out = []
+    for _ in range(n):
+        prompt = " ".join(rng.choice(words) for _ in range(4))
+        last = prompt.split()[-1]
+        out.append({"prompt": f"echo: {prompt}", "response": f"{last} {last}"})
+    return out
+
+
+def test_an_instruction_federation_on_llama_downloads_the_base_once_and_lowers_perplexity(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from strata.modeling import make_tiny_causal_model_dir
+    from worker import base_download
+
+    pairs_ = instruction_pairs(200, seed=0)
+    texts = [p["prompt"] + " " + p["response"] + " ### user assistant" for p in pairs_]
+    model = make_tiny_causal_model_dir(
+        tmp_path / "llama",
+        texts,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        vocab_size=300,
+        max_len=32,
+        family="llama",
+    )
+    data = []
+    for k in range(3):
+        folder = tmp_path / "data" / f"org-{k + 1}"
+        folder.mkdir(parents=True)
+        rows = pairs_[k * 50 : (k + 1) * 50]
+        (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data.append(folder)
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs_[150:]))
+    db = f"sqlite:///{tmp_path / 'instruct.db'}"
+    settings = coordinator_settings(
+        tmp_path,
+        db,
+        model,
+        task="instruction",
+        labels=None,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        rounds=3,
+        learning_rate=1e-2,
+        max_steps=8,
+        eval_data=tmp_path / "eval.jsonl",
+    )
+    coord = ServedCoordinator(settings)
+    workers = make_workers(coord.address, data, tmp_path)
+    try:
+        run_to_done(workers)
+    finally:
+        for w in workers:
+            w.close()
+    coord.wait()
+    store = Store(db)
+    losses = [r.test_loss for r in store.rounds(1)]
+    assert len(losses) == 3 and all(x is not None for x in losses)
+    assert losses[-1] < losses[0], losses  # held-out response perplexity falls
+    spec = workers[0].spec
+    assert spec is not None and spec.targets == ("q_proj", "v_proj") and spec.modules_to_save == ()
+    for w in workers:  # each worker downloaded the base into its cache, checked by hash
+        cached = tmp_path / w.s.name / "base" / spec.base_hash[:32]
+        assert (cached / "model.safetensors").is_file() and (
+            cached / ".complete"
+        ).read_text() == spec.base_hash
+        # a second start finds it there: no coordinator is asked (the client is not even used)
+        assert base_download.resolve(None, "", spec.base_hash, tmp_path / w.s.name, None) == cached  # type: ignore[arg-type]
