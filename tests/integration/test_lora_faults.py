@@ -25,7 +25,6 @@ from tests.helpers import (
     make_model,
     make_worker_data,
     make_workers,
-    wait_until,
 )
 from worker.errors import WorkerError
 
