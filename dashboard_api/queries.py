@@ -11,11 +11,16 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, case, func, inspect, select, text
 from sqlalchemy.orm import Session
 
-from dashboard_api.errors import NotFound
-from dashboard_api.schemas import (
+from dashboard_api.divergence_schemas import (
     AlignmentOut,
     BlockMatrix,
     BlockMetric,
+    RoundDivergenceOut,
+    TensorDivergenceOut,
+    WorkerDivergenceOut,
+)
+from dashboard_api.errors import NotFound
+from dashboard_api.schemas import (
     BlockOutcomeOut,
     EvaluationOut,
     FederationStatus,
@@ -25,13 +30,10 @@ from dashboard_api.schemas import (
     RejectionOut,
     ReportedOut,
     RoundDetail,
-    RoundDivergenceOut,
     RoundOut,
-    TensorDivergenceOut,
     TokenOut,
     TreeOut,
     UpdateOut,
-    WorkerDivergenceOut,
     WorkerOut,
     as_utc,
 )

@@ -8,9 +8,10 @@ from fastapi import APIRouter, HTTPException, Query
 
 from dashboard_api import queries
 from dashboard_api.deps import MAX_INT, FederationDep, RoundNumber, SessionDep
+from dashboard_api.divergence_schemas import BlockMatrix, BlockMetric, RoundDivergenceOut
 from dashboard_api.errors import NOT_FOUND, UNAVAILABLE
 from dashboard_api.routes import API
-from dashboard_api.schemas import BlockMatrix, BlockMetric, ErrorOut, RoundDivergenceOut
+from dashboard_api.schemas import ErrorOut
 
 router = APIRouter(prefix=API, responses=UNAVAILABLE)
 
