@@ -74,7 +74,7 @@ def export(s: CoordinatorSettings, out: Path, version: int | None = None) -> dic
     lora = config.get("lora")
     spec = None
     if lora:
-        spec = LoraSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in lora.items()})
+        spec = LoraSpec.from_record(lora)
         found = checkpoint_hash(s.model, cache=s.data_dir / "base-hashes.json")
         if found != spec.base_hash:
             raise ValueError(

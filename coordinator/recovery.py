@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel
 
 from coordinator import checkpoint, spool
@@ -22,7 +23,7 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from coordinator.versions import VersionFiles
 from strata import optimizers, tensorfile
-from strata.adapters import LoraSpec, head_modules, resolve_targets, wrap
+from strata.adapters import LoraSpec, head_modules, pairs, resolve_targets, wrap
 from strata.base_model import checkpoint_hash
 from strata.errors import StrataError
 from strata.frames import expected_of
@@ -64,6 +65,7 @@ def open_federation(
     spec = lora_spec(s, model) if s.lora_rank else None
     if spec is not None:
         model = wrap(model, spec, s.task)  # type: ignore[assignment]
+        check_rank_fits(model, spec)
     tensors = global_tensors(model)
     gm = GlobalModel(model, tokenizer, assets, block_map(model), expected_of(tensors), lora=spec)
     recorded = s.record() | {"labels": labels} | ({"lora": lora_record(spec)} if spec else {})
@@ -115,6 +117,20 @@ def lora_spec(s: CoordinatorSettings, model: PreTrainedModel) -> LoraSpec:
         checkpoint_hash(s.model, cache=s.data_dir / "base-hashes.json"),
         s.lora_aggregation,
     )
+
+
+def check_rank_fits(model: torch.nn.Module, spec: LoraSpec) -> None:
+    """Product aggregation re-factorises each adapted matrix to rank r: r may not exceed its dimensions."""
+    if spec.aggregation != "product":
+        return
+    tensors = dict(model.named_parameters())
+    for a_name, b_name in pairs(sorted(tensors)).values():
+        d_in, d_out = tensors[a_name].shape[1], tensors[b_name].shape[0]
+        if spec.rank > min(d_in, d_out):
+            raise ValueError(
+                f"lora_rank: {spec.rank} exceeds the {d_out}×{d_in} matrix {a_name.split('.lora_A.')[0]}; "
+                f"product aggregation needs a rank of at most {min(d_in, d_out)}"
+            )
 
 
 def lora_record(spec: LoraSpec) -> dict[str, object]:

@@ -10,8 +10,9 @@ by the content hash of its checkpoint (`strata.base_model`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -53,6 +54,19 @@ class LoraSpec:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LoraSpec:
+        """The spec a federation recorded (``dataclasses.asdict`` of one, as JSON)."""
+        return cls(
+            int(record["rank"]),
+            float(record["alpha"]),
+            float(record["dropout"]),
+            tuple(record["targets"]),
+            tuple(record["modules_to_save"]),
+            str(record["base_hash"]),
+            str(record["aggregation"]),
+        )
 
 
 def travels(name: str) -> bool:
