@@ -232,7 +232,8 @@ async function keyWeights(enc) {
 
 function member(w) {
   const local = w.local_epsilon ? ` <span class="badge">local DP-SGD ε ${fmt(w.local_epsilon, 3)}</span>` : "";
-  if (w.kind !== "federation") return escapeHtml(w.name) + local;
+  const rank = w.lora_rank ? ` <span class="badge">LoRA rank ${w.lora_rank}</span>` : "";
+  if (w.kind !== "federation") return escapeHtml(w.name) + local + rank;
   const inner = `${w.inner_rounds} inner round${w.inner_rounds === 1 ? "" : "s"}`;
   return `${escapeHtml(w.name)} <span class="badge">federation · ${w.members} worker${w.members === 1 ? "" : "s"} · ${inner}</span>`;
 }
@@ -287,6 +288,9 @@ async function render(name) {
     card(lm ? "test perplexity" : "test accuracy",
       lm ? fmt(done.length ? done[done.length - 1].test_perplexity : null, 2) : fmt(status.last_test_accuracy)),
     card("policy", escapeHtml((status.config && status.config.policy) || "full")),
+    ...(status.config && status.config.lora
+      ? [card("adapter", `LoRA r = ${status.config.lora.rank} · ${escapeHtml(status.config.lora.aggregation)}`)]
+      : []),
     ...(status.privacy.enabled ? [card("ε spent", `${fmt(status.privacy.epsilon, 3)} / ${fmt(status.privacy.target_epsilon, 3)}`)] : []),
   ].join("");
   const nums = done.map((r) => r.number);
