@@ -147,6 +147,7 @@ class Worker:
         else:
             raise WorkerError("the base model download kept losing the coordinator's session")
         spec, labels, task = self.spec, list(reply.labels), reply.task_kind or TASKS[0]
+        self.copy.needs_assets = False  # config and tokenizer come from the base model's folder
         self.copy.builder = lambda assets: adapted_replica(
             base, spec, labels, task, self.copy.device, s.quantize_base, s.gradient_checkpointing
         )

@@ -29,6 +29,7 @@ class ModelCopy:
         self.device = device
         #: how the replica is built from the first download's assets (a LoRA worker builds its own)
         self.builder: Callable[[Path], Replica] = lambda assets: Replica.load(assets, self.device)
+        self.needs_assets = True  # False for a builder that has its own (a LoRA worker's base model folder)
         self.replica: Replica | None = None  # built from the assets of the first download
         self.version = 0
         self.hash = ""
@@ -71,7 +72,7 @@ class ModelCopy:
             worker_id=worker_id,
             have_version=self.version if holds else 0,
             have_hash=self.hash if holds else "",
-            include_assets=self.replica is None,
+            include_assets=self.replica is None and self.needs_assets,
         )
         header = self.client.call(lambda: self._fetch(req, assets), "pull")
         assert self.replica is not None
@@ -134,7 +135,7 @@ class ModelCopy:
     def _build(self, files: dict[str, bytes], assets: Path) -> Replica:
         """The replica, built from the assets the coordinator sent the first time."""
         if self.replica is None:
-            if not files:
+            if not files and self.needs_assets:
                 raise InvalidInput("the first model download carries no assets")
             self.replica = self.builder(write_assets(files, assets))
         return self.replica
