@@ -175,15 +175,17 @@ class RankMask:
     def __enter__(self) -> RankMask:
         for name, p in self.model.named_parameters():
             a, b = _LORA_A in "." + name, _LORA_B in "." + name
-            if not p.requires_grad or not (a or b) or (p.shape[0] if a else p.shape[1]) <= self.rank:
+            if not (a or b) or (p.shape[0] if a else p.shape[1]) <= self.rank:
                 continue
+            # frozen factors too (blocks this round does not train): the whole model is rank `rank`
             tail = p.detach()[self.rank :] if a else p.detach()[:, self.rank :]
             self.saved.append((p, tail.clone(), a))
             with torch.no_grad():
                 tail.zero_()
-            mask = torch.ones_like(p)
-            (mask[self.rank :] if a else mask[:, self.rank :]).zero_()
-            self.hooks.append(p.register_hook(lambda g, m=mask: g * m))
+            if p.requires_grad:
+                mask = torch.ones_like(p)
+                (mask[self.rank :] if a else mask[:, self.rank :]).zero_()
+                self.hooks.append(p.register_hook(lambda g, m=mask: g * m))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,10 +6,13 @@ import dataclasses
 
 import pytest
 
+from strata.adapters import LoraSpec
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import (
     RoundTask,
     TrainingConfig,
+    lora_from_proto,
+    lora_to_proto,
     task_from_proto,
     task_to_proto,
     training_config_from_proto,
@@ -126,3 +129,67 @@ def test_a_task_with_a_bad_prox_mu_is_refused_where_it_is_decoded(mu: float) -> 
     message = task_to_proto(dataclasses.replace(TASKS[1], config=TrainingConfig(prox_mu=mu)))
     with pytest.raises(ValueError, match="prox_mu"):
         task_from_proto(pb.Task.FromString(message.SerializeToString()))
+
+
+LORA_SPECS = [
+    LoraSpec(8, 16.0, 0.05, ("query", "value"), ("classifier",), "ab" * 32, "product"),
+    LoraSpec(1, 0.1, 0.0, ("all-linear",), (), "0" * 64, "factors"),
+    LoraSpec(
+        2**32 - 1,
+        1e-300,
+        0.999999,
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        ("score", "x.y"),
+        "h",
+        "product",
+    ),
+]
+
+
+@pytest.mark.parametrize("spec", LORA_SPECS, ids=lambda s: f"r{s.rank}-{s.aggregation}")
+def test_lora_spec_round_trip(spec: LoraSpec) -> None:
+    message = lora_to_proto(spec)
+    assert isinstance(message, pb.LoraAdapter)
+    assert lora_from_proto(message) == spec
+    wire = pb.LoraAdapter.FromString(message.SerializeToString())
+    assert lora_from_proto(wire) == spec
+    for field in dataclasses.fields(LoraSpec):
+        value = getattr(message, field.name)
+        assert (tuple(value) if field.type.startswith("tuple") else value) == getattr(spec, field.name)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [pb.LoraAdapter(), lora_to_proto(dataclasses.replace(LORA_SPECS[0], rank=0))],
+    ids=["empty", "rank-0"],
+)
+def test_rank_zero_means_no_adapter(message: pb.LoraAdapter) -> None:
+    assert lora_from_proto(message) is None
+    assert lora_from_proto(pb.LoraAdapter.FromString(message.SerializeToString())) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"alpha": 0.0},
+        {"alpha": -1.0},
+        {"alpha": float("nan")},
+        {"alpha": float("inf")},
+        {"dropout": 1.0},
+        {"dropout": 1.5},
+        {"dropout": -0.1},
+        {"dropout": float("nan")},
+        {"targets": ()},
+        {"aggregation": "mean"},
+        {"aggregation": ""},
+        {"aggregation": "Product"},
+        {"base_hash": ""},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_an_invalid_lora_adapter_is_refused(change: dict[str, object]) -> None:
+    message = lora_to_proto(dataclasses.replace(LORA_SPECS[0], **change))  # type: ignore[arg-type]
+    field = next(iter(change))
+    with pytest.raises(ValueError, match="invalid LoRA adapter") as info:
+        lora_from_proto(pb.LoraAdapter.FromString(message.SerializeToString()))
+    assert field.rstrip("s").replace("_", " ") in str(info.value)
