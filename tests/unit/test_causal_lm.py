@@ -151,9 +151,12 @@ def test_load_model_refuses_an_unknown_task(model_dir: Path) -> None:
 
 
 def test_task_of(model_dir: Path, tmp_path: Path) -> None:
-    assert TASKS == ("sequence-classification", "causal-lm")
+    assert TASKS == ("sequence-classification", "causal-lm", "instruction")
     model, _ = load_model(model_dir, [], task="causal-lm")
     assert task_of(model) == task_of(model.config) == "causal-lm"
+    # instruction tuning loads the same causal LM, marked in its config so the assets rebuild the task
+    tuned, _ = load_model(model_dir, [], task="instruction")
+    assert task_of(tuned) == task_of(tuned.config) == "instruction"
     bert_dir = make_tiny_model_dir(tmp_path / "bert", TEXTS, ["a", "b"], hidden_size=16, num_layers=1)
     bert, _ = load_model(bert_dir, ["a", "b"])
     assert task_of(bert) == task_of(bert.config) == "sequence-classification"
