@@ -12,13 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator import checkpoint
 from coordinator.settings import CoordinatorSettings
-from strata import atomic
-from strata.adapters import LoraSpec, wrap
-from strata.base_model import checkpoint_hash
-from strata.modeling import global_tensors, load_model, load_tensors
-from strata.version import model_hash
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,7 +48,14 @@ def run(args: argparse.Namespace) -> int:
 def export(s: CoordinatorSettings, out: Path, version: int | None = None) -> dict[str, Any]:
     """Write version `version` (default: the latest recorded) of the federation to `out`; returns what
     `export.json` holds."""
+    # imported here: `strata` loads every command's module to build its parser, and torch would slow them all
+    from coordinator import checkpoint
     from coordinator.store import Store
+    from strata import atomic
+    from strata.adapters import LoraSpec, wrap
+    from strata.base_model import checkpoint_hash
+    from strata.modeling import global_tensors, load_model, load_tensors
+    from strata.version import model_hash
 
     if out.exists():
         raise FileExistsError(f"{out} exists; give --out a folder that does not")

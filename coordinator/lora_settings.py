@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from strata.adapters import AGGREGATIONS, ALL_LINEAR
+from strata.names import ALL_LINEAR
+from strata.names import LORA_AGGREGATIONS as AGGREGATIONS
 from strata.settings import StrataSettings
 
 

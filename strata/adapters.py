@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from strata.names import ALL_LINEAR, LORA_AGGREGATIONS
+
 #: the modules that get an adapter when a federation names none: attention's query and value projections,
 #: as in the LoRA paper and peft's own defaults
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -31,9 +33,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "qwen2": ("q_proj", "v_proj"),
     "gemma": ("q_proj", "v_proj"),
 }
-#: every linear layer but the output head (peft's shorthand)
-ALL_LINEAR = "all-linear"
-AGGREGATIONS = ("product", "factors")
+AGGREGATIONS = LORA_AGGREGATIONS
 _TRAVELS = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.|\.modules_to_save\.")
 _LORA_A = ".lora_A."
 _LORA_B = ".lora_B."

@@ -7,5 +7,9 @@ from __future__ import annotations
 ENCODINGS = ("fp32", "bf16", "int8", "topk")
 #: what a federation trains (strata.modeling)
 TASKS = ("sequence-classification", "causal-lm", "instruction")
+#: how a LoRA federation combines its members' adapters (strata.adapters, coordinator/lora_aggregation.py)
+LORA_AGGREGATIONS = ("product", "factors")
+#: the LoRA target that names every linear layer but the output head (peft's shorthand)
+ALL_LINEAR = "all-linear"
 #: the tasks that train a causal language model (perplexity and token accuracy; no labels)
 LANGUAGE_TASKS = ("causal-lm", "instruction")

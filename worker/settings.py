@@ -91,7 +91,8 @@ class WorkerSettings(StrataSettings):
         "bitsandbytes (empty: bf16 on a GPU, float32 on a CPU)",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, about a third more compute"
+        False,
+        description="Recompute activations in the backward pass: less memory, about a third more compute",
     )
 
     @model_validator(mode="after")
