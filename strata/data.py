@@ -121,24 +121,31 @@ def _check_text(value: Any, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, num_labels: int | None, require_labels: bool = True) -> list[Example]:
-    examples: list[Example] = []
+def json_records(path: Path) -> Iterator[tuple[Any, str]]:
+    """(decoded value, "file:line") of each non-blank line of a JSON Lines file (``.zst`` too);
+    :class:`DataError` names the file and line of invalid JSON."""
     with _open_lines(path) as lines:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for key in ("text", "label") if require_labels else ("text",):
-                if key not in obj:
-                    raise DataError(f'{where}: missing "{key}"')
-            label = _check_label(obj["label"], num_labels, where) if "label" in obj else NO_LABEL
-            examples.append(Example(_check_text(obj["text"], where), label))
+            yield value, where
+
+
+def _read_jsonl(path: Path, num_labels: int | None, require_labels: bool = True) -> list[Example]:
+    examples: list[Example] = []
+    for obj, where in json_records(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for key in ("text", "label") if require_labels else ("text",):
+            if key not in obj:
+                raise DataError(f'{where}: missing "{key}"')
+        label = _check_label(obj["label"], num_labels, where) if "label" in obj else NO_LABEL
+        examples.append(Example(_check_text(obj["text"], where), label))
     return examples
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from strata.data import NO_LABEL, DataError, Example, _open_lines
+from strata.data import NO_LABEL, DataError, Example, _open_lines, json_records
 from strata.modeling import IGNORE_INDEX
 
 __all__ = [
@@ -148,18 +148,7 @@ def read_chats(path: str | Path) -> list[Example]:
     path = Path(path)
     if not path.name.lower().endswith((".jsonl", ".jsonl.zst")):
         raise DataError(f"{path}: unsupported file suffix; expected .jsonl or .jsonl.zst")
-    examples: list[Example] = []
-    with _open_lines(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-            examples.append(Example(chat_to_text(chat_of(record, where)), NO_LABEL))
-    return examples
+    return [Example(chat_to_text(chat_of(record, where)), NO_LABEL) for record, where in json_records(path)]
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, chat: Chat, add_generation_prompt: bool = False) -> str:
