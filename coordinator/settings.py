@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from coordinator.privacy_settings import PrivacySettings
-from strata.names import ENCODINGS, TASKS
-from strata.optimizers import NAMES as OPTIMIZERS
-from strata.optimizers import ServerOptimizer
+from strata.names import ENCODINGS, OPTIMIZERS, TASKS
 from strata.selection import POLICIES
 from strata.serde import TrainingConfig
 from strata.targeting import SCHEDULES, TargetingConfig
+
+if TYPE_CHECKING:
+    from strata.optimizers import ServerOptimizer
 
 #: settings whose value must be one of a few names (the error lists them)
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -333,6 +334,8 @@ class CoordinatorSettings(PrivacySettings):
         )
 
     def server_optimizer_config(self) -> ServerOptimizer:
+        from strata.optimizers import ServerOptimizer
+
         return ServerOptimizer(
             self.server_optimizer,
             lr=self.server_lr,

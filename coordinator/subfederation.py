@@ -96,7 +96,7 @@ class ParentLink:
         if (target / "config.json").is_file():
             return target
         req = pb.PullRequest(worker_id=self.member_id, include_assets=True)
-        header = self.client.call(lambda: self.copy._fetch(req, self.assets), "pull")
+        header = self.client.call(lambda: self.copy._fetch(req, self.assets, self.client), "pull")
         replica = self.copy.replica
         assert replica is not None
         tmp = self.dir / "model.partial"

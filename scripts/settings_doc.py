@@ -8,6 +8,7 @@ from pathlib import Path
 from coordinator.settings import CoordinatorSettings
 from dashboard_api.settings import DashboardSettings
 from worker.settings import WorkerSettings
+from worker.simulate_cli import SimulateSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -21,9 +22,27 @@ SECTIONS = [
 ]
 
 
+SIMULATE = (
+    "Simulation (`strata simulate`, TOML table `[simulate]`; also every worker setting, as STRATA_SIMULATE_*)",
+    SimulateSettings,
+)
+
+
+def own_settings(cls: type, base: type) -> set[str]:
+    """The settings `cls` adds to `base`, or whose default or meaning it changes."""
+    theirs = base.model_fields  # type: ignore[attr-defined]
+    return {
+        name
+        for name, field in cls.model_fields.items()  # type: ignore[attr-defined]
+        if name not in theirs
+        or (field.default, field.description) != (theirs[name].default, theirs[name].description)
+    }
+
+
 def tables() -> str:
     out = []
-    for title, cls in SECTIONS:
+    for title, cls in [*SECTIONS, SIMULATE]:
+        keep = own_settings(cls, WorkerSettings) if cls is SimulateSettings else None
         out += [
             f"### {title}",
             "",
@@ -31,6 +50,8 @@ def tables() -> str:
             "|---|---|---|---|",
         ]
         for flag, env, default, desc in cls.documentation():
+            if keep is not None and flag[2:].replace("-", "_") not in keep:
+                continue
             if "SecretStr" in default or default == "PydanticUndefined":
                 default = "(none)"
             default = re.sub(r"PosixPath\('([^']*)'\)", r"'\1'", default)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import dp_accounting
-from dp_accounting import rdp
+if TYPE_CHECKING:  # dp-accounting (and scipy under it) loads when ε is first computed, not with the module
+    import dp_accounting
 
 #: (q, z) of one DP round
 Event = tuple[float, float]
@@ -29,6 +30,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _event(q: float, z: float) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     if not 0 < q <= 1:
         raise ValueError(f"the sampling rate must be in (0, 1], not {q}")
     if z <= 0:
@@ -43,6 +46,8 @@ def epsilon(events: Sequence[Event], delta: float) -> float:
         raise ValueError(f"δ must be in (0, 1), not {delta}")
     if not events:
         return 0.0
+    from dp_accounting import rdp
+
     acc = rdp.RdpAccountant()
     runs: list[tuple[Event, int]] = []
     for e in events:  # consecutive equal rounds compose as one self-composed event

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -51,7 +52,9 @@ def atomic_file(path: Path, failpoint: str | None = None) -> Iterator[IO[bytes]]
     the kill tests: `<failpoint>.written` fires after the fsync, before the rename (strata.failpoints).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    # a name of its own per write: two processes writing the same file (simulated workers' hosts sharing
+    # a cache) each rename a whole file into place, and the last one wins
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}")
     try:
         with open(tmp, "wb") as fh:
             yield fh

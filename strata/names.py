@@ -9,6 +9,8 @@ ENCODINGS = ("fp32", "bf16", "int8", "topk")
 TASKS = ("sequence-classification", "causal-lm", "instruction")
 #: how a LoRA federation combines its members' adapters (strata.adapters, coordinator/lora_aggregation.py)
 LORA_AGGREGATIONS = ("product", "factors")
+#: the server optimizers (strata.optimizers)
+OPTIMIZERS = ("fedavg", "fedavgm", "fedadagrad", "fedyogi", "fedadam")
 #: the LoRA target that names every linear layer but the output head (peft's shorthand)
 ALL_LINEAR = "all-linear"
 #: the tasks that train a causal language model (perplexity and token accuracy; no labels)

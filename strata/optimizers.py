@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-NAMES = ("fedavg", "fedavgm", "fedadagrad", "fedyogi", "fedadam")
+from strata.names import OPTIMIZERS
+
+NAMES = OPTIMIZERS
 
 
 @dataclass(frozen=True)

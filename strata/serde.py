@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from strata.adapters import AGGREGATIONS, LoraSpec
+from strata.lora_spec import LoraSpec
+from strata.names import LORA_AGGREGATIONS as AGGREGATIONS
 from strata.proto.v1 import coordinator_pb2 as pb
 
 

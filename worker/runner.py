@@ -40,7 +40,9 @@ class Worker:
         settings: WorkerSettings,
         on_update: Callable[[RoundTask, TrainResult], None] | None = None,
         rank: ranks.Rank | None = None,
+        copy: ModelCopy | None = None,
     ) -> None:
+        """`copy`: a model copy shared with other workers of this process (simulated workers), else its own."""
         self.s = settings
         self.rank = rank  # rank 0 of a torchrun group: the other ranks train with it (`follow`)
         self.client = CoordinatorClient(
@@ -51,7 +53,9 @@ class Worker:
             credentials=settings.channel_credentials(),
             server_name=settings.tls_server_name,
         )
-        self.copy = ModelCopy(self.client, rank.device if rank is not None else pick_device(settings.device))
+        self.copy = copy or ModelCopy(
+            self.client, rank.device if rank is not None else pick_device(settings.device)
+        )
         self.on_update = on_update  # sees what the coordinator will decode, for tests and tools
         self.evaluated: set[int] = set()
         self.rounds_done = 0
@@ -174,7 +178,14 @@ class Worker:
                 self.join()
 
     def run_round(self, task: RoundTask) -> None:
-        replica = self.copy.ensure(self.worker_id, self.assets, task.model_version, task.model_hash)
+        self.pending = self.prepare(task)
+        self.deliver()
+
+    def prepare(self, task: RoundTask) -> Pending:
+        """The round's update, trained and encoded: the version pulled (and evaluated once), the task trained."""
+        replica = self.copy.ensure(
+            self.worker_id, self.assets, task.model_version, task.model_hash, self.client
+        )
         self.evaluate_version(task, replica)
         assert self.data is not None
         result = train_round(
@@ -195,10 +206,10 @@ class Worker:
                 result.local_epsilon,
                 result.local_delta,
             )
-        self.pending = Pending.encode(task, result, self.residual_path)
+        pending = Pending.encode(task, result, self.residual_path)
         if self.on_update is not None:
-            self.on_update(task, self.pending.as_sent())
-        self.deliver()
+            self.on_update(task, pending.as_sent())
+        return pending
 
     def local_dp(self) -> LocalDPConfig | None:
         """Local DP-SGD as the settings ask (its ledger beside the residual), or None."""

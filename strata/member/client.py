@@ -64,6 +64,8 @@ class CoordinatorClient:
                 options.append(("grpc.ssl_target_name_override", server_name))
             self.channel = grpc.secure_channel(address, credentials, options=options)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
+        #: checked between retries: True gives up at once (a simulated worker whose federation has ended)
+        self.abandon: Callable[[], bool] = lambda: False
 
     def close(self) -> None:
         self.channel.close()
@@ -77,7 +79,7 @@ class CoordinatorClient:
                 return fn()
             except grpc.RpcError as err:
                 code = err.code() if hasattr(err, "code") else None
-                if code not in RETRYABLE or time.monotonic() >= give_up:
+                if code not in RETRYABLE or time.monotonic() >= give_up or self.abandon():
                     raise
                 wait = min(next(delays), max(0.0, give_up - time.monotonic()))
                 log.info(

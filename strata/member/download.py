@@ -36,13 +36,22 @@ class ModelCopy:
         self.snapshots = 0  # full downloads; the rest were global updates
         self.dirty = False  # True while the model may not equal any version (a download was cut)
 
-    def ensure(self, worker_id: str, assets: Path, version: int, expected_hash: str) -> Replica:
-        """The model at `version` with `expected_hash` (`assets`: where the first download's files go)."""
+    def ensure(
+        self,
+        worker_id: str,
+        assets: Path,
+        version: int,
+        expected_hash: str,
+        client: CoordinatorClient | None = None,
+    ) -> Replica:
+        """The model at `version` with `expected_hash` (`assets`: where the first download's files go),
+        pulled by `worker_id` through `client` (default: this copy's; simulated workers share one copy and
+        each pulls with its own identity)."""
         if (replica := self._at(version, expected_hash)) is not None:
             return replica
         for attempt in range(3):
             try:
-                self._pull(worker_id, assets)
+                self._pull(worker_id, assets, client or self.client)
             except InvalidInput as exc:
                 log.warning("model download failed its checks (%s); fetching a snapshot", exc)
                 self.dirty = True
@@ -65,7 +74,7 @@ class ModelCopy:
             return self.replica
         return None
 
-    def _pull(self, worker_id: str, assets: Path) -> None:
+    def _pull(self, worker_id: str, assets: Path, client: CoordinatorClient) -> None:
         """One PullModel call, applied block by block as it arrives."""
         holds = self.replica is not None and not self.dirty
         req = pb.PullRequest(
@@ -74,7 +83,7 @@ class ModelCopy:
             have_hash=self.hash if holds else "",
             include_assets=self.replica is None and self.needs_assets,
         )
-        header = self.client.call(lambda: self._fetch(req, assets), "pull")
+        header = client.call(lambda: self._fetch(req, assets, client), "pull")
         assert self.replica is not None
         if header.kind == pb.ModelHeader.SNAPSHOT:
             self.snapshots += 1
@@ -86,7 +95,7 @@ class ModelCopy:
             )
         self.dirty = False
 
-    def _fetch(self, req: pb.PullRequest, assets: Path) -> pb.ModelHeader:
+    def _fetch(self, req: pb.PullRequest, assets: Path, client: CoordinatorClient) -> pb.ModelHeader:
         """Read one model stream: assets first (built into the replica when this copy has none), then the
         tensor frames, loaded (snapshot) or added (updates) block by block."""
         header: pb.ModelHeader | None = None
@@ -105,7 +114,7 @@ class ModelCopy:
                     add_update(p, values, start)
 
         asm = FrameAssembler(on_block=on_block)
-        for chunk in self.client.pull(req):
+        for chunk in client.pull(req):
             part = chunk.WhichOneof("part")
             if part == "header":
                 header = chunk.header

@@ -274,6 +274,10 @@ def test_a_private_round_resumes_after_kill_9_with_its_mechanism_and_counts_once
     try:
         assert first.wait(180) == -signal.SIGKILL, (tmp_path / "coordinator-1.log").read_text()[-3000:]
         opened = {r.number: (r.dp_clip, r.dp_expected) for r in _rows(db, Round)}
+        round_ids = {r.id: r.number for r in _rows(db, Round)}
+        # what the database held at the kill: the failpoint fires on the 5th record, but a third update
+        # of round 2 may commit on another RPC thread before the process dies
+        held = sum(1 for u in _rows(db, Update) if u.status == "accepted" and round_ids[u.round_id] == 2)
         second = start_coordinator(tmp_path, env(f"127.0.0.1:{port}", None), "coordinator-2.log")
         assert second.wait(240) == 0, (tmp_path / "coordinator-2.log").read_text()[-3000:]
         runner.join(60)
@@ -286,7 +290,7 @@ def test_a_private_round_resumes_after_kill_9_with_its_mechanism_and_counts_once
         for w in workers:
             w.close()
     log2 = (tmp_path / "coordinator-2.log").read_text()
-    assert "round 2 reopened after a restart with the 2 update(s)" in log2, log2[-3000:]
+    assert held >= 2 and f"round 2 reopened after a restart with the {held} update(s)" in log2, log2[-3000:]
     rounds = sorted(_rows(db, Round), key=lambda r: r.number)
     assert [(r.number, r.state) for r in rounds] == [(1, "completed"), (2, "completed"), (3, "completed")]
     assert (rounds[1].dp_clip, rounds[1].dp_expected) == opened[2], "reopened with the same mechanism"
