@@ -111,7 +111,10 @@ def host_members(
     host = Host()
     workers = []
     for m in members:
-        s = settings.model_copy(update={"name": m.name, "token": type(settings.token)(m.token)})
+        # each virtual worker trains without a bar of its own: `progress` is the simulation's round bar
+        s = settings.model_copy(
+            update={"name": m.name, "token": type(settings.token)(m.token), "progress": False}
+        )
         w = VirtualWorker(s, host, process, report)
         w.data, w.local_labels = local_data(m, pool, settings.eval_fraction, seed)
         workers.append(w)
