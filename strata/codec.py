@@ -77,26 +77,23 @@ def shuffle(a: np.ndarray) -> bytes:
 
 
 def unshuffle(buf: bytes | memoryview, dtype: np.dtype, n: int) -> np.ndarray:
-    """Undo shuffle(): rebuild each element from its byte planes with shifts and ors (contiguous passes,
-    several times faster than a strided transpose)."""
+    """Undo shuffle(): each byte plane is copied into its place in the elements, one strided pass per
+    plane into a fresh array (no temporaries: about twice as fast as shifts and ors)."""
     size = np.dtype(dtype).itemsize
     raw = np.frombuffer(buf, dtype=np.uint8, count=n * size)
     if size == 1:
         return raw.view(dtype).copy()
-    planes = raw.reshape(size, n)
-    wide = np.dtype(f"<u{size}")
-    out = planes[0].astype(wide)
-    for i in range(1, size):
-        out |= planes[i].astype(wide) << (8 * i)
-    return out.view(np.dtype(dtype).newbyteorder("<"))
+    out = np.empty(n, dtype=np.dtype(dtype).newbyteorder("<"))
+    lanes = out.view(np.uint8).reshape(n, size)
+    for i, plane in enumerate(raw.reshape(size, n)):
+        lanes[:, i] = plane
+    return out
 
 
 def _bf16_planes_to_f32(buf: bytes | memoryview, n: int) -> torch.Tensor:
-    """Shuffled bfloat16 values straight to float32 (a bfloat16 is the top half of a float32)."""
-    planes = np.frombuffer(buf, dtype=np.uint8, count=2 * n).reshape(2, n)
-    out = planes[0].astype("<u4") << 16
-    out |= planes[1].astype("<u4") << 24
-    return torch.from_numpy(out.view("<f4"))
+    """Shuffled bfloat16 values to float32: the planes interleaved back into bfloat16s, then torch's
+    vectorised widening (a bfloat16 is the top half of a float32)."""
+    return torch.from_numpy(unshuffle(buf, np.dtype("<i2"), n)).view(torch.bfloat16).float()
 
 
 # ---------------------------------------------------------------- encoders (one block of flat fp32 values)
@@ -174,7 +171,7 @@ def decode_block(raw: bytes, encoding: str, n: int, group: int) -> torch.Tensor:
         if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
             raise CodecError("invalid int8 scale")
         if n % group == 0:
-            return (q.reshape(-1, group) * scale[:, None]).reshape(-1)
+            return q.reshape(-1, group).mul_(scale[:, None]).reshape(-1)  # in place: q is a fresh array
         return (q.reshape(-1) * torch.repeat_interleave(scale, group)[:n]).contiguous()
     if encoding == "topk":
         if len(raw) < 4:
