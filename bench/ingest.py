@@ -179,6 +179,8 @@ def run_one(
             "0",
             "--task-poll-seconds",
             "2",
+            "--rate-limit",  # every simulated worker shares the bench's one token
+            "0",
         ],
         env=env,
         stdout=subprocess.PIPE,
