@@ -5,7 +5,7 @@ trained once, here). Reports, per N, the round's wall time and the coordinator's
 peak memory above idle, and that every update counted once; the knee is the N at which the round time per
 worker has doubled from the smallest N's.
 
-    python -m bench.coordinator_scale [--workers 1 8 32 64 128 256] [--rounds 2]
+    python -m bench.coordinator_scale [--workers 1 8 32 64 128 256] [--rounds 2] [--coordinator-args=...]
     python -m bench.coordinator_scale --quick --out /tmp/scale.md    # a tiny model (smoke test)
 """
 
@@ -88,20 +88,19 @@ class Outcome:
 
 
 def run_one(
-    model: Path, labels: str, delta: dict[str, torch.Tensor], work: Path, n: int, rounds: int
+    model: Path,
+    labels: str,
+    delta: dict[str, torch.Tensor],
+    work: Path,
+    n: int,
+    rounds: int,
+    extra: list[str],
 ) -> Outcome:
     work.mkdir(parents=True)
     db = f"sqlite:///{work / 'c.db'}"
     proc = subprocess.Popen(
         [
-            *(
-                sys.executable,
-                "-m",
-                "strata.cli",
-                "--log-level",
-                os.environ.get("SCALE_LOG", "WARNING"),
-                "coordinator",
-            ),
+            *(sys.executable, "-m", "strata.cli", "--log-level", "WARNING", "coordinator"),
             *("--listen", "127.0.0.1:0", "--port-file", str(work / "port"), "--database-url", db),
             *(
                 "--data-dir",
@@ -125,6 +124,7 @@ def run_one(
                 "3600",
             ),
             *("--linger-seconds", "60", "--task-poll-seconds", "1"),
+            *extra,
         ],
         env=os.environ | {"STRATA_COORDINATOR_WORKER_TOKENS": TOKEN},
     )
@@ -244,6 +244,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a tiny model built from a config (smoke test)")
     ap.add_argument(
+        "--coordinator-args", default="", help='more coordinator flags, e.g. "--divergence false"'
+    )
+    ap.add_argument(
         "--out", type=Path, help="write the report here instead of bench/results/coordinator_scale.md"
     )
     args = ap.parse_args()
@@ -274,7 +277,8 @@ def main() -> None:
         outcomes = []
         for n in args.workers:
             print(f"--- {n} workers", file=sys.stderr)
-            outcomes.append(run_one(model, "negative,positive", delta, root / f"n{n}", n, args.rounds))
+            extra = args.coordinator_args.split()
+            outcomes.append(run_one(model, "negative,positive", delta, root / f"n{n}", n, args.rounds, extra))
         text = report(outcomes, args, name, model_bytes)
     if args.out is not None:
         args.out.write_text(text)

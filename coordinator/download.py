@@ -31,6 +31,7 @@ class Downloads:
         history: int,
         zstd_level: int,
         current: Callable[[], Round | None],
+        max_concurrent: int = 8,
     ) -> None:
         self.gm = gm
         self.versions = versions
@@ -42,8 +43,16 @@ class Downloads:
         self.snapshot_codec = Codec("fp32", level=zstd_level)
         self.snapshot_lock = asyncio.Lock()
         self.current = current  # the open round, which counts the bytes sent
+        # versions streamed at once: the others wait their turn, so what waits in send buffers for slow
+        # readers does not grow with the number of workers
+        self.sending = asyncio.Semaphore(max_concurrent)
 
     async def pull(self, req: pb.PullRequest) -> AsyncIterator[pb.ModelChunk]:
+        async with self.sending:
+            async for chunk in self._stream(req):
+                yield chunk
+
+    async def _stream(self, req: pb.PullRequest) -> AsyncIterator[pb.ModelChunk]:
         gm = self.gm
         version, h = gm.version, gm.hash  # one consistent version, even if a new one is published meanwhile
         files = sorted(gm.assets.items()) if req.include_assets else []

@@ -130,6 +130,7 @@ class Federation:
             s.history,
             s.zstd_level,
             lambda: self.current,
+            s.max_concurrent_downloads,
         )
         self.base = (
             BaseFiles(s.model, gm.lora.base_hash, self.metrics, s.federation, lambda: self.current)  # type: ignore[arg-type]
@@ -146,6 +147,7 @@ class Federation:
             lambda: self.current,
             private=s.dp,
             lora_rank=gm.lora.rank if gm.lora else 0,
+            max_concurrent=s.max_concurrent_uploads,
         )
         self.resumed = (
             None

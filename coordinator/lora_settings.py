@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from coordinator.traffic_settings import TrafficSettings
 from strata.names import ALL_LINEAR
 from strata.names import LORA_AGGREGATIONS as AGGREGATIONS
-from strata.settings import StrataSettings
 
 
-class LoraSettings(StrataSettings):
+class LoraSettings(TrafficSettings):
     """Fields shared by CoordinatorSettings; see the module docstring."""
 
     lora_rank: int = Field(

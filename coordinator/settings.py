@@ -147,12 +147,6 @@ class CoordinatorSettings(PrivacySettings):
         description="Refuse updates whose norm exceeds this multiple of the round's median update norm, with 3 or "
         "more updates (0: off; e.g. 3)",
     )
-    rate_limit: float = Field(
-        20.0, ge=0, description="Requests per second each worker token may make on average (0: no limit)"
-    )
-    rate_burst: int = Field(
-        60, ge=1, description="Requests a worker token may make at once before the rate applies"
-    )
     metrics_listen: str = Field(
         "", description="host:port to serve Prometheus metrics on at /metrics (empty: off; port 0 picks one)"
     )

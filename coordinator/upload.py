@@ -38,6 +38,7 @@ class Uploads:
         current: Callable[[], Round | None],
         private: bool = False,
         lora_rank: int = 0,
+        max_concurrent: int = 8,
     ) -> None:
         self.store = store
         self.fed_id = fed_id
@@ -48,6 +49,9 @@ class Uploads:
         self.current = current
         self.private = private  # differential privacy: nothing per member beyond what the noise covers
         self.lora_rank = lora_rank  # a LoRA federation's rank: no update may be of a higher one
+        # updates decoded at once: the others wait with their data held back by flow control, so the
+        # buffers in flight (each upload's chunk, block and decode) do not grow with the number of workers
+        self.decoding = asyncio.Semaphore(max_concurrent)
 
     async def push(
         self, sess: Session, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
@@ -57,6 +61,29 @@ class Uploads:
         h = first.header
         if (dup := await self._duplicate(sess, h)) is not None:
             return dup
+        async with self.decoding:  # checked against the round only once its turn has come
+            r, path, got = await self._receive(sess, h, first, chunks)
+        failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
+        r.recording += 1  # the round closes only once this update is counted and recorded
+        try:
+            fields = dict(train_loss=h.train_loss, train_accuracy=h.train_accuracy)
+            if r.aggregator.streams:
+                u = r.admit(sess.uid, sess.name, path, got, h.num_samples, **fields)
+            else:  # a private round adds it clipped now, replayed from the spool: off the event loop
+                u = await asyncio.to_thread(r.admit, sess.uid, sess.name, path, got, h.num_samples, **fields)
+            u.update_id = await asyncio.shield(self._record_accepted(r, sess, h, got, started))
+        finally:
+            r.recording -= 1
+        self.metrics.updates.labels(self.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
+        self.metrics.bytes_in.labels(self.federation).inc(got.payload_bytes)
+        failpoints.hit("coordinator.push.recorded")  # recorded, the reply not yet sent
+        r.check_all_in()
+        return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
+
+    async def _receive(
+        self, sess: Session, h: pb.UpdateHeader, first: pb.UpdateChunk, chunks: AsyncIterator[pb.UpdateChunk]
+    ) -> tuple[Round, Path, Received]:
+        """Stream one update into the open round's sums and its spool file; refused whole on any problem."""
         r = self.current()
         if r is None:
             raise FailedPrecondition(f"update for round {h.round}, but the open round is none")
@@ -76,23 +103,7 @@ class Uploads:
             raise
         finally:
             r.uploads.pop(sess.uid, None)
-        path = writer.commit()
-        failpoints.hit("coordinator.push.spooled")  # on disk, not yet recorded as accepted
-        r.recording += 1  # the round closes only once this update is counted and recorded
-        try:
-            fields = dict(train_loss=h.train_loss, train_accuracy=h.train_accuracy)
-            if r.aggregator.streams:
-                u = r.admit(sess.uid, sess.name, path, got, h.num_samples, **fields)
-            else:  # a private round adds it clipped now, replayed from the spool: off the event loop
-                u = await asyncio.to_thread(r.admit, sess.uid, sess.name, path, got, h.num_samples, **fields)
-            u.update_id = await asyncio.shield(self._record_accepted(r, sess, h, got, started))
-        finally:
-            r.recording -= 1
-        self.metrics.updates.labels(self.federation, UpdateStatus.ACCEPTED.value, "OK").inc()
-        self.metrics.bytes_in.labels(self.federation).inc(got.payload_bytes)
-        failpoints.hit("coordinator.push.recorded")  # recorded, the reply not yet sent
-        r.check_all_in()
-        return pb.PushReply(accepted=True, received_bytes=got.payload_bytes, raw_bytes=got.raw_bytes)
+        return r, writer.commit(), got
 
     async def _record_accepted(
         self, r: Round, sess: Session, h: pb.UpdateHeader, got: Received, started: float

@@ -22,7 +22,15 @@ def test_32_workers_3_rounds_nothing_lost_nothing_twice(tmp_path: Path, tiny_mod
     tokens = [f"token-org-{k:02d}-xxxxxxxx" for k in range(N)]
     db = f"sqlite:///{tmp_path / 'many.db'}"
     settings = coordinator_settings(
-        tmp_path, db, tiny_model, rounds=3, min_workers=N, min_updates=N, worker_tokens=tokens, max_steps=2
+        tmp_path,
+        db,
+        tiny_model,
+        rounds=3,
+        min_workers=N,
+        min_updates=N,
+        worker_tokens=tokens,
+        max_steps=2,
+        max_concurrent_uploads=3,  # 32 uploads through 3 decoding slots: the others wait their turn
     )
     coord = ServedCoordinator(settings)
     sent: dict[str, list[tuple[RoundTask, TrainResult]]] = {f"org-{k + 1}": [] for k in range(N)}
