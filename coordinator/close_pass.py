@@ -5,7 +5,8 @@ filter refused at close must be subtracted from the sums, the divergence needs e
 ⟨Δ_k, Δ̄⟩ (docs/methods.md section 1), and a robust aggregator reduces each window of K rows. All three
 share this single pass: every spooled update is decoded once, its blocks re-cut into windows of WINDOW
 elements on one grid per tensor (senders may choose other block sizes), and the windows of every update
-that carries a tensor are handled together. Memory holds one window per update.
+that carries a tensor are handled together. Memory holds one window per update read side by side: all of
+them for a robust aggregator, GROUP at a time otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from coordinator.ingest import blocks_of
 from coordinator.updates import Spooled
 
 WINDOW = 1 << 18
+#: updates read side by side for the dot products when no robust aggregator needs them all at once
+GROUP = 8
 
 
 def windows(blocks: Iterator[tuple[str, int, torch.Tensor]]) -> Iterator[tuple[str, int, torch.Tensor]]:
@@ -48,7 +51,26 @@ def close_pass(
 ) -> dict[str, dict[str, float]]:
     """Subtract the `refused` updates (already retracted from the counts) from the sums, feed the
     aggregator's `reduce`, and (with `dots`) return ⟨Δ_k, Δ̄⟩ per accepted update and tensor, Δ̄ being
-    the mean of the accepted updates (float64 dot products)."""
+    the mean of the accepted updates (float64 dot products).
+
+    Only a robust aggregator needs every update's window side by side. Otherwise the refused updates are
+    subtracted first, and the dot products are taken GROUP updates at a time against the final mean (the
+    same numbers): memory holds GROUP windows, not one per worker."""
+    if aggregator.reads_spool:
+        return _lockstep(aggregator, accepted, refused, dots)
+    if refused:
+        _lockstep(aggregator, [], refused, dots=False)
+    out: dict[str, dict[str, float]] = {u.key: {} for u in accepted}
+    if dots:
+        for i in range(0, len(accepted), GROUP):
+            out |= _lockstep(aggregator, accepted[i : i + GROUP], [], dots=True)
+    return out
+
+
+def _lockstep(
+    aggregator: Aggregator, accepted: Sequence[Spooled], refused: Sequence[Spooled], dots: bool
+) -> dict[str, dict[str, float]]:
+    """One pass over these updates side by side, window by window (see close_pass)."""
     sums = aggregator.sums
     out: dict[str, dict[str, float]] = {u.key: {} for u in accepted}
     weight = {u.key: aggregator.weight(u) for u in refused}

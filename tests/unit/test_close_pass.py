@@ -118,3 +118,32 @@ def test_no_pass_when_nothing_needs_the_spool() -> None:
     assert not cp.needs_pass(Aggregator(sums), [], divergence=False, accepted=3)
     assert cp.needs_pass(Aggregator(sums), [], divergence=True, accepted=3)
     assert cp.needs_pass(RobustAggregator(sums, "median"), [], divergence=False, accepted=3)
+
+
+def test_without_a_robust_aggregator_the_dots_are_taken_a_group_at_a_time_and_equal_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory holds GROUP windows, not one per worker: the refused update is subtracted first, then the
+    accepted ones are read GROUP at a time against the final mean, giving exactly the numbers of one pass
+    over all of them side by side."""
+    deltas = randn_deltas(4, seed=3)
+    samples = [10, 20, 30, 40]
+    results = []
+    for mode in ("side by side", "grouped"):
+        agg, updates = make_round(tmp_path / mode.replace(" ", "-"), deltas, samples, None)
+        agg.retract(updates[3])
+        if mode == "side by side":
+            results.append(cp._lockstep(agg, updates[:3], updates[3:], dots=True))
+            continue
+        monkeypatch.setattr(cp, "GROUP", 2)
+        sizes: list[tuple[int, int]] = []
+        lockstep = cp._lockstep
+
+        def spy(agg_, accepted, refused, dots, sizes=sizes, lockstep=lockstep):  # type: ignore[no-untyped-def]
+            sizes.append((len(accepted), len(refused)))
+            return lockstep(agg_, accepted, refused, dots)
+
+        monkeypatch.setattr(cp, "_lockstep", spy)
+        results.append(cp.close_pass(agg, updates[:3], updates[3:], dots=True))
+        assert sizes == [(0, 1), (2, 0), (1, 0)]  # the refused one alone, then the accepted two and one
+    assert results[0] == results[1]
