@@ -44,11 +44,12 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {sys.version.split()[0]}"
 
 
-def write_report(name: str, text: str) -> Path:
-    """Print the markdown report and keep a copy in bench/results/NAME.md."""
+def write_report(name: str, text: str, out: Path | None = None) -> Path:
+    """Print the markdown report and keep a copy in bench/results/NAME.md (or at `out`, leaving the results
+    alone: a smoke run)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.md"
+    path = out if out is not None else RESULTS / f"{name}.md"
     path.write_text(text)
     print(text)
-    print(f"(written to {path.relative_to(ROOT)})", file=sys.stderr)
+    print(f"(written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})", file=sys.stderr)
     return path

@@ -280,11 +280,7 @@ def main() -> None:
             extra = args.coordinator_args.split()
             outcomes.append(run_one(model, "negative,positive", delta, root / f"n{n}", n, args.rounds, extra))
         text = report(outcomes, args, name, model_bytes)
-    if args.out is not None:
-        args.out.write_text(text)
-        print(text)
-    else:
-        write_report("coordinator_scale", text)
+    write_report("coordinator_scale", text, args.out)
 
 
 if __name__ == "__main__":

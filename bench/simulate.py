@@ -26,16 +26,17 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 
 from bench.common import SHARED_DATA, machine, minilm_dir, write_report
+from bench.ingest import rss_bytes
 from strata import synthetic
 from strata.storage.models import Round, Update
 
 MiB = 2**20
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss(pid: int) -> int:
+    """bench.ingest's rss_bytes, 0 for a process that has gone."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        return rss_bytes(pid)
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0
 
@@ -241,11 +242,7 @@ def main() -> None:
             print(f"--- {n} virtual workers", file=sys.stderr)
             outcomes.append(run_one(model, data, labels, root / f"n{n}", n, args))
         text = report(outcomes, args, name)
-    if args.out is not None:
-        args.out.write_text(text)
-        print(text)
-    else:
-        write_report("simulate", text)
+    write_report("simulate", text, args.out)
 
 
 if __name__ == "__main__":

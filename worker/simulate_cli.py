@@ -109,7 +109,6 @@ class RoundLines:
         self.started = time.monotonic()
         self.bar: Any = None
         self.lock = threading.Lock()
-        self.trained: dict[str, int] = {}
 
     def __call__(self, event: Any) -> None:
         with self.lock:
@@ -124,7 +123,6 @@ class RoundLines:
                     )
             self.count += 1
             self.loss += event.loss
-            self.trained[event.name] = self.trained.get(event.name, 0) + 1
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix(loss=f"{self.loss / self.count:.4f}")
