@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
+import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -36,6 +39,26 @@ from worker.errors import WorkerError
 from worker.local_dp import LocalDPConfig, PrivateSteps, poisson_batches
 
 log = logging.getLogger("strata.worker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Dropout draws from torch's process-wide generator, which `train` seeds per (seed, round, worker).
+# Workers that run as threads of one process (in-process tests, benchmarks, applications embedding a
+# worker) would otherwise interleave their draws and train differently from run to run. A worker
+# process trains one round at a time anyway, so it never waits on this.
+_SEEDED_TRAINING = threading.Lock()
+
+
+def _taking_turns(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run `fn` holding the process's seeded-training lock."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _SEEDED_TRAINING:
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def train_round(
@@ -114,6 +137,7 @@ class Proximal:
             torch._foreach_add_(grads, torch._foreach_sub(params, anchor), alpha=self.mu)
 
 
+@_taking_turns
 def train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -130,7 +154,8 @@ def train(
 
     A classifier learns the examples' labels; a causal LM (``task_of``) learns to predict each next
     token of the texts, padding excluded. Shuffling and dropout are seeded from (seed, round, worker),
-    so a round can be reproduced. With ``config.prox_mu`` > 0 each step also pulls the trained tensors
+    so a round can be reproduced, also when workers train in threads of one process (they take turns).
+    With ``config.prox_mu`` > 0 each step also pulls the trained tensors
     toward θ_start (FedProx); with 0 nothing of it is computed. With `local_dp`, DP-SGD (worker/local_dp.py):
     Poisson-sampled batches, per-example clipping and noise, and the records' ε in the result.
     """

@@ -235,6 +235,39 @@ def test_tokenizer_and_local_training_are_reproducible(tmp_path: Path) -> None:
     assert any(not torch.equal(a.delta[k], c.delta[k]) for k in a.delta)  # workers get their own dropout
 
 
+def test_workers_training_in_threads_of_one_process_stay_reproducible(tmp_path: Path) -> None:
+    """Dropout draws from torch's process-wide generator: two workers training at once in threads
+    (as in-process tests and benchmarks run them) must each get the delta they get alone."""
+    import threading
+
+    from strata.serde import TrainingConfig
+    from worker.trainer import train
+
+    texts = [e.text for e in synthetic.generate(120, seed=3)]
+    examples = synthetic.generate(64, seed=4)
+    cfg = TrainingConfig(batch_size=8, learning_rate=1e-3, max_seq_len=32)
+    pairs = [_tiny_classifier(tmp_path / name, texts) for name in ("a", "b")]
+    alone = {
+        name: train(m, tok, examples, cfg, 1, progress=False, worker=name).delta
+        for name, (m, tok) in zip(("org-1", "org-2"), pairs, strict=True)
+    }
+    together: dict[str, dict[str, torch.Tensor]] = {}
+
+    def run(name: str, m, tok) -> None:  # type: ignore[no-untyped-def]
+        together[name] = train(m, tok, examples, cfg, 1, progress=False, worker=name).delta
+
+    threads = [
+        threading.Thread(target=run, args=(name, m, tok))
+        for name, (m, tok) in zip(("org-1", "org-2"), pairs, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in alone:
+        assert all(torch.equal(alone[name][k], together[name][k]) for k in alone[name]), name
+
+
 def test_only_trained_tensors_travel(tmp_path: Path) -> None:
     from strata.serde import TrainingConfig
     from worker.trainer import train
