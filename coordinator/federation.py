@@ -112,7 +112,7 @@ class Federation:
             gm,
             self.targeting,
             self.optimizer,
-            Codec(s.down_encoding, s.topk_fraction, s.zstd_level),
+            Codec(s.down_encoding, s.topk_fraction, s.zstd_level, rank=s.lowrank_rank),
             self.versions,
             self.ckpt_dir,
             s.divergence,
@@ -231,6 +231,7 @@ class Federation:
                             blocks,
                             self.key_blocks,
                             self.s.residual_keep,
+                            self.s.lowrank_rank,
                         )
                     )
                 remaining = deadline - time.monotonic()

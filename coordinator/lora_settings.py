@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from coordinator.traffic_settings import TrafficSettings
+from coordinator.wire_settings import WireSettings
 from strata.names import ALL_LINEAR
 from strata.names import LORA_AGGREGATIONS as AGGREGATIONS
 
 
-class LoraSettings(TrafficSettings):
+class LoraSettings(WireSettings):
     """Fields shared by CoordinatorSettings; see the module docstring."""
 
     lora_rank: int = Field(

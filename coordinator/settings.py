@@ -45,6 +45,7 @@ RECORDED = (
     "prox_mu",
     "encoding",
     "topk_fraction",
+    "lowrank_rank",
     "downstream",
     "down_encoding",
     "history",
@@ -223,24 +224,6 @@ class CoordinatorSettings(PrivacySettings):
     learning_rate: float = Field(5e-4, gt=0, description="Local AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Local AdamW weight decay")
     max_seq_len: int = Field(64, ge=8, le=8192, description="Tokens per example (truncation length)")
-    encoding: str = Field("fp32", description=f"Upstream update encoding: {', '.join(ENCODINGS)}")
-    topk_fraction: float = Field(
-        0.1, gt=0, le=1, description="topk: share of each tensor's entries a worker sends"
-    )
-    downstream: str = Field(
-        "delta",
-        pattern="^(delta|snapshot)$",
-        description="What workers download each round: delta (the global updates since their version) or snapshot (the whole model)",
-    )
-    down_encoding: str = Field(
-        "fp32", description=f"Encoding of the global update sent downstream: {', '.join(ENCODINGS)}"
-    )
-    history: int = Field(
-        8,
-        ge=1,
-        le=1000,
-        description="Global updates kept for workers that are behind; further behind gets a snapshot",
-    )
     policy: str = Field(
         "full",
         description=f"Layer selection policy: {', '.join(POLICIES)} (full: every block every round, plain FedAvg)",

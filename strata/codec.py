@@ -1,5 +1,5 @@
-"""Delta codec: fp32, bf16, int8 (absmax scale per group) and top-k, each byte-shuffled and zstd-compressed
-in independent blocks of about 1M elements. Pure functions of tensors and bytes; no I/O.
+"""Delta codec: fp32, bf16, int8 (absmax scale per group), top-k and low-rank factors (strata.lowrank_codec),
+each byte-shuffled and zstd-compressed in independent blocks of about 1M elements. Pure functions of tensors and bytes; no I/O.
 
 Every decoder is given the largest output its block may have (from the header's shape, never from the
 payload) and refuses anything else, so a corrupt or hostile block cannot make it allocate more.
@@ -7,6 +7,7 @@ payload) and refuses anything else, so a corrupt or hostile block cannot make it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 import zstandard
 
-from strata.names import ENCODINGS  # noqa: E402 - re-exported
+from strata import lowrank_codec
+from strata.names import DEFAULT_LOWRANK_RANK, ENCODINGS  # noqa: E402 - re-exported
 
 LOSSLESS = frozenset({"fp32"})
 BLOCK_ELEMENTS = 1 << 18  # 1 MB of fp32: a block in flight per upload stays small
@@ -28,12 +30,13 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Codec:
-    """How to encode: the encoding, the top-k share, the zstd level and the block size."""
+    """How to encode: the encoding, the top-k share, the zstd level, the block size and the low-rank rank."""
 
     encoding: str = "fp32"
     topk_fraction: float = 0.1
     level: int = 1
     block_elements: int = BLOCK_ELEMENTS
+    rank: int = DEFAULT_LOWRANK_RANK
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -42,6 +45,8 @@ class Codec:
             raise ValueError("topk_fraction must be in (0, 1]")
         if self.block_elements < 1:
             raise ValueError("block_elements must be positive")
+        if not 1 <= self.rank <= lowrank_codec.MAX_RANK:
+            raise ValueError(f"rank must be in [1, {lowrank_codec.MAX_RANK}]")
 
     @property
     def lossy(self) -> bool:
@@ -152,6 +157,8 @@ def decoded_bound(encoding: str, n: int, group: int) -> int:
         return 4 * math.ceil(n / group) + n
     if encoding == "topk":
         return 4 + 6 * n
+    if encoding == "lowrank":
+        return lowrank_codec.decoded_bound(n, group)
     raise CodecError(f"unknown encoding {encoding!r}")
 
 
@@ -190,7 +197,28 @@ def decode_block(raw: bytes, encoding: str, n: int, group: int) -> torch.Tensor:
         out = torch.zeros(n, dtype=torch.float32)
         out[torch.from_numpy(idx)] = values
         return out
+    if encoding == "lowrank":
+        return _decode_lowrank(raw, n, group)
     raise CodecError(f"unknown encoding {encoding!r}")
+
+
+def _decode_lowrank(raw: bytes, n: int, cols: int) -> torch.Tensor:
+    """A block of whole rows: rank r, Qᵀ (r × cols) and the block's rows of P (rows × r), as P Qᵀ."""
+    if cols < 1 or n % cols:
+        raise CodecError(f"a low-rank block of {n} elements is not whole rows of {cols}")
+    rows = n // cols
+    if len(raw) < 4:
+        raise CodecError("low-rank block without its rank")
+    r = int(np.frombuffer(raw, dtype="<u4", count=1)[0])
+    if r > min(cols, lowrank_codec.MAX_RANK):
+        raise CodecError(f"low-rank block claims rank {r} for rows of {cols}")
+    _expect(len(raw), lowrank_codec.block_size(r, rows, cols))
+    if not r:
+        return torch.zeros(n, dtype=torch.float32)
+    view = memoryview(raw)
+    qt = _bf16_planes_to_f32(view[4 : 4 + 2 * r * cols], r * cols).reshape(r, cols)
+    p = _bf16_planes_to_f32(view[4 + 2 * r * cols :], r * rows).reshape(rows, r)
+    return (p @ qt).reshape(-1)
 
 
 def _expect(got: int, want: int) -> None:
@@ -234,9 +262,14 @@ class Encoded:
 
 
 def encode(tensor: torch.Tensor, codec: Codec) -> Encoded:
-    """Encode a tensor block by block (its values as float32)."""
+    """Encode a tensor block by block (its values as float32). `lowrank` encodes a tensor whose factors
+    would not be smaller than its int8 values as int8."""
     flat = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1)
     shape = tuple(tensor.shape)
+    if codec.encoding == "lowrank":
+        if lowrank_codec.worth_it(shape, codec.rank):
+            return _encode_lowrank(flat, shape, codec)
+        codec = dataclasses.replace(codec, encoding="int8")
     group = group_size(shape) if codec.encoding == "int8" else 1
     per = block_layout(codec.block_elements, group)
     blocks = [
@@ -244,6 +277,20 @@ def encode(tensor: torch.Tensor, codec: Codec) -> Encoded:
         for s in range(0, flat.numel(), per)
     ]
     return Encoded(codec.encoding, shape, per, group, codec.topk_fraction, blocks)
+
+
+def _encode_lowrank(flat: torch.Tensor, shape: tuple[int, ...], codec: Codec) -> Encoded:
+    mn = lowrank_codec.matrix_shape(shape)
+    assert mn is not None
+    m, n = mn
+    p, q = lowrank_codec.factors(flat.reshape(m, n), codec.rank)
+    head = np.array([p.shape[1]], dtype="<u4").tobytes() + shuffle(_bf16_bits(q.T.contiguous()))
+    blocks = [
+        compress(head + shuffle(_bf16_bits(p[a:b].contiguous())), codec.level)
+        for a, b in lowrank_codec.row_bands(m, n)
+    ]
+    per = lowrank_codec.block_rows(n, m) * n
+    return Encoded("lowrank", shape, per, n, codec.topk_fraction, blocks)
 
 
 def decode(enc: Encoded) -> torch.Tensor:

@@ -118,7 +118,9 @@ def check_header(header: tensor_pb2.TensorHeader, expected: dict[str, Expected] 
         if header.dtype != want.dtype:
             raise InvalidInput(f"{name}: dtype {header.dtype} does not match the model's {want.dtype}")
     per = int(header.block_elements)
-    group = int(header.group_elements) if header.encoding == "int8" else 1
+    group = int(header.group_elements) if header.encoding in ("int8", "lowrank") else 1
+    if header.encoding == "lowrank" and (len(shape) < 2 or group != shape[-1]):
+        raise InvalidInput(f"{name}: low-rank rows of {group} elements do not match the shape {shape}")
     if not 1 <= per <= MAX_BLOCK_ELEMENTS:
         raise InvalidInput(f"{name}: block of {per} elements is out of range")
     if not 1 <= group <= per or per % group:

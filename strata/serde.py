@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from strata.lora_spec import LoraSpec
+from strata.names import DEFAULT_LOWRANK_RANK, MAX_LOWRANK_RANK
 from strata.names import LORA_AGGREGATIONS as AGGREGATIONS
 from strata.proto.v1 import coordinator_pb2 as pb
 
@@ -37,6 +38,7 @@ class RoundTask:
     blocks: tuple[str, ...] = ()  # the blocks to train; empty: every block
     local_blocks: tuple[str, ...] = ()  # key blocks a member federation keeps partly local
     residual_keep: float = 0.0  # β: the share of its own deviation a member federation keeps in them
+    lowrank_rank: int = DEFAULT_LOWRANK_RANK  # the rank of the `lowrank` encoding's factors
 
 
 def training_config_to_proto(c: TrainingConfig) -> pb.TrainingConfig:
@@ -82,6 +84,7 @@ def task_to_proto(t: RoundTask) -> pb.Task:
         blocks=list(t.blocks),
         local_blocks=list(t.local_blocks),
         residual_keep=t.residual_keep,
+        lowrank_rank=t.lowrank_rank,
     )
 
 
@@ -90,6 +93,8 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         raise ValueError("only TRAIN tasks carry a round task")
     if not (0.0 <= m.residual_keep <= 1.0):
         raise ValueError(f"residual_keep must be in [0, 1], not {m.residual_keep}")
+    if m.lowrank_rank > MAX_LOWRANK_RANK:
+        raise ValueError(f"lowrank_rank must be at most {MAX_LOWRANK_RANK}, not {m.lowrank_rank}")
     return RoundTask(
         round=m.round,
         model_version=m.model_version,
@@ -102,6 +107,7 @@ def task_from_proto(m: pb.Task) -> RoundTask:
         blocks=tuple(m.blocks),
         local_blocks=tuple(m.local_blocks),
         residual_keep=m.residual_keep,
+        lowrank_rank=m.lowrank_rank or DEFAULT_LOWRANK_RANK,
     )
 
 

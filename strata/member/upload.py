@@ -28,7 +28,9 @@ def encode_update(
     result: TrainResult, task: RoundTask, residual: dict[str, torch.Tensor]
 ) -> tuple[dict[str, codec.Encoded], dict[str, torch.Tensor]]:
     """The task's encoding of Δ plus the carried error (error feedback for lossy encodings)."""
-    return with_feedback(result.delta, residual, Codec(task.encoding, task.topk_fraction or 0.1))
+    return with_feedback(
+        result.delta, residual, Codec(task.encoding, task.topk_fraction or 0.1, rank=task.lowrank_rank)
+    )
 
 
 def update_chunks(

@@ -13,6 +13,7 @@ import torch
 
 from coordinator import checkpoint
 from coordinator.store import Store
+from coordinator.versions import read_frames
 from strata import synthetic
 from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
@@ -31,7 +32,9 @@ from tests.helpers import (
 from tests.integration.test_bad_input import Client, result
 
 
-@pytest.mark.parametrize(("up", "down"), [("int8", "int8"), ("topk", "bf16"), ("bf16", "topk")])
+@pytest.mark.parametrize(
+    ("up", "down"), [("int8", "int8"), ("topk", "bf16"), ("bf16", "topk"), ("lowrank", "lowrank")]
+)
 def test_lossy_rounds_keep_every_copy_identical(tmp_path: Path, tiny_model: Path, up: str, down: str) -> None:
     db = f"sqlite:///{tmp_path / 'l.db'}"
     settings = coordinator_settings(
@@ -44,6 +47,7 @@ def test_lossy_rounds_keep_every_copy_identical(tmp_path: Path, tiny_model: Path
         encoding=up,
         down_encoding=down,
         topk_fraction=0.2,
+        lowrank_rank=2,  # the tiny model's 32 × 32 matrices gain at rank 2, not at the default 8
     )
     coord = ServedCoordinator(settings)
     workers = make_workers(coord.address, make_worker_data(tmp_path / "d", 2), tmp_path)
@@ -60,6 +64,14 @@ def test_lossy_rounds_keep_every_copy_identical(tmp_path: Path, tiny_model: Path
     assert [r.state for r in rounds] == ["completed"] * 4 and rounds[-1].result_hash == model_hash(final)
     assert all(r.raw_bytes_up > 2 * r.bytes_up for r in rounds)  # lossy upstream is much smaller than fp32
     assert all(r.raw_bytes_down > r.bytes_down for r in rounds[1:])
+    if up == "lowrank":  # the matrices' updates travel as factors, both ways
+        assert all(r.raw_bytes_up > 15 * r.bytes_up for r in rounds)  # int8 alone: about 4x
+        assert all(r.raw_bytes_down > 15 * r.bytes_down for r in rounds[1:])
+        versions = settings.data_dir / "versions" / "test"
+        encodings = {
+            h.encoding for kind, h in read_frames(next(versions.glob("update-v*.frames"))) if kind == "tensor"
+        }
+        assert encodings == {"lowrank", "int8"}
     store.close()
     # the coordinator keeps its own error-feedback residual for the lossy downstream encoding
     assert checkpoint.residual_path(settings.data_dir / "checkpoints" / "test", 4).is_file()

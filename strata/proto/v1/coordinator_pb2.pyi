@@ -129,7 +129,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., weight_decay: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., seed: _Optional[int] = ..., prox_mu: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks", "local_blocks", "residual_keep")
+    __slots__ = ("kind", "round", "model_version", "model_hash", "deadline_unix", "config", "encoding", "total_rounds", "topk_fraction", "blocks", "local_blocks", "residual_keep", "lowrank_rank")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Task.Kind]
@@ -152,6 +152,7 @@ class Task(_message.Message):
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LOCAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_KEEP_FIELD_NUMBER: _ClassVar[int]
+    LOWRANK_RANK_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     model_version: int
@@ -164,7 +165,8 @@ class Task(_message.Message):
     blocks: _containers.RepeatedScalarFieldContainer[str]
     local_blocks: _containers.RepeatedScalarFieldContainer[str]
     residual_keep: float
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ..., blocks: _Optional[_Iterable[str]] = ..., local_blocks: _Optional[_Iterable[str]] = ..., residual_keep: _Optional[float] = ...) -> None: ...
+    lowrank_rank: int
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., model_hash: _Optional[str] = ..., deadline_unix: _Optional[float] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., encoding: _Optional[str] = ..., total_rounds: _Optional[int] = ..., topk_fraction: _Optional[float] = ..., blocks: _Optional[_Iterable[str]] = ..., local_blocks: _Optional[_Iterable[str]] = ..., residual_keep: _Optional[float] = ..., lowrank_rank: _Optional[int] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("worker_id", "have_version", "include_assets", "have_hash")
