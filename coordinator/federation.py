@@ -205,6 +205,7 @@ class Federation:
             labels=self.labels,
             max_seq_len=self.s.max_seq_len,
             lora=lora_to_proto(self.gm.lora) if self.gm.lora else None,
+            **self.gm.initial(self.s.seed),
         )
 
     async def get_task(self, sess: Session, wait_seconds: float) -> pb.Task:

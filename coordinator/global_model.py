@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from strata.adapters import LoraSpec
 from strata.frames import Expected
 from strata.layers import BlockMap
+from strata.version import assets_hash
 
 
 @dataclass
@@ -50,6 +51,13 @@ class GlobalModel:
     residual: dict[str, torch.Tensor] = field(default_factory=dict)  # the server's error feedback
     optimizer_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     lora: LoraSpec | None = None  # a LoRA federation's adapter: only its tensors make up a version
+
+    def initial(self, seed: int) -> dict[str, Any]:
+        """The JoinReply fields that let a worker holding the pretrained checkpoint build version 0 itself
+        (docs/protocol.md); none in a LoRA federation, whose workers hold their base by its own hash."""
+        if self.lora is not None or 0 not in self.hashes:
+            return {}
+        return {"initial_hash": self.hashes[0], "init_seed": seed, "assets_hash": assets_hash(self.assets)}
 
     def publish(self, c: Candidate) -> None:
         """Make a recorded candidate the version workers get; call only after its commit."""

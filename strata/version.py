@@ -27,3 +27,13 @@ def model_hash(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
         h.update(tensor_bytes(t))
     return h.hexdigest()
+
+
+def assets_hash(files: Mapping[str, bytes]) -> str:
+    """SHA-256 over the config and tokenizer files that travel with a model (name, size and bytes, in name
+    order): a worker that builds the initial version itself checks its files against the coordinator's."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}|{len(files[name])}\n".encode())
+        h.update(files[name])
+    return h.hexdigest()

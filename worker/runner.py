@@ -19,7 +19,7 @@ from strata.modeling import evaluate, pick_device
 from strata.names import TASKS
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import RoundTask, lora_from_proto, task_from_proto
-from worker import base_download, ranks
+from worker import base_download, initial_version, ranks
 from worker.errors import WorkerError
 from worker.large_models import adapted_replica, load_options
 from worker.local_data import LocalData, check_labels, load_local_data
@@ -119,12 +119,16 @@ class Worker:
         except ValueError as exc:
             raise WorkerError(f"the coordinator announced an adapter this worker cannot use: {exc}") from None
         if self.spec is None:
-            for name in ("base_model", "quantize_base", "lora_rank"):
+            for name in ("quantize_base", "lora_rank"):
                 if getattr(s, name):
                     raise WorkerError(
                         f"{name}: federation {reply.federation} trains the whole model, not LoRA adapters; "
                         f"unset --{name.replace('_', '-')}"
                     )
+            if s.base_model and self.copy.replica is None:
+                replica = initial_version.build(reply, s.base_model, self.assets, self.copy.device)
+                if replica is not None:
+                    self.copy.start_from(replica, 0, reply.initial_hash)
             return
         if s.lora_rank > self.spec.rank:
             raise WorkerError(

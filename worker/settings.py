@@ -75,8 +75,10 @@ class WorkerSettings(StrataSettings):
 
     base_model: str | None = Field(
         None,
-        description="LoRA federations: this organisation's copy of the base model (a folder, or hf:ORG/NAME in the "
-        "Hugging Face cache), checked against the federation's hash (unset: use the cache, else download it once)",
+        description="This organisation's copy of the pretrained model (a folder, or hf:ORG/NAME in the Hugging Face "
+        "cache). LoRA federations: the base, checked against the federation's hash (unset: use the cache, else "
+        "download it once). Full fine-tuning: version 0 is built from it, so round 1 downloads nothing, when it "
+        "hashes to the federation's (else version 0 is downloaded)",
     )
     lora_rank: int = Field(
         0,

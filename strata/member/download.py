@@ -68,6 +68,10 @@ class ModelCopy:
             )
         raise MemberError(f"could not obtain model version {version} with hash {expected_hash[:12]}")
 
+    def start_from(self, replica: Replica, version: int, model_hash: str) -> None:
+        """Hold `replica` as `version` (a worker that built version 0 itself: worker/initial_version.py)."""
+        self.replica, self.version, self.hash, self.dirty = replica, version, model_hash, False
+
     def _at(self, version: int, expected_hash: str) -> Replica | None:
         """The replica, if it holds exactly `version` with `expected_hash`."""
         if self.version == version and self.hash == expected_hash and not self.dirty:

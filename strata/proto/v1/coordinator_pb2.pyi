@@ -29,7 +29,7 @@ class JoinRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ..., lora_rank: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora")
+    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora", "initial_hash", "init_seed", "assets_hash")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     TASK_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,9 @@ class JoinReply(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_HASH_FIELD_NUMBER: _ClassVar[int]
+    INIT_SEED_FIELD_NUMBER: _ClassVar[int]
+    ASSETS_HASH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     federation: str
     task_kind: str
@@ -44,7 +47,10 @@ class JoinReply(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[str]
     max_seq_len: int
     lora: LoraAdapter
-    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ..., lora: _Optional[_Union[LoraAdapter, _Mapping]] = ...) -> None: ...
+    initial_hash: str
+    init_seed: int
+    assets_hash: str
+    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ..., lora: _Optional[_Union[LoraAdapter, _Mapping]] = ..., initial_hash: _Optional[str] = ..., init_seed: _Optional[int] = ..., assets_hash: _Optional[str] = ...) -> None: ...
 
 class LoraAdapter(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "targets", "modules_to_save", "base_hash", "aggregation")
