@@ -1,0 +1,1 @@
+"""The reference workload on Flower (bench/flower.py runs it)."""
