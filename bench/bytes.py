@@ -17,9 +17,11 @@ mean is the sample-weighted mean of the decoded updates (`FedAvgAccumulator`), a
 encoded with the server's own residual and applied as decoded, as the coordinator does (methods.md
 section 4). Bytes are what the frames carry: each tensor's compressed payload plus its encoded
 TensorHeader, per worker. Round 1's download is counted two ways: a snapshot of the initial model (fp32,
-zstd, what a new worker downloads today) and with the base model held by hash, where a worker that holds
-the pretrained checkpoint needs only the tensors the coordinator made (the new classifier head). Client
-training in round 1 is the same for every setting (same model, same seeds), so it runs once and is reused.
+zstd, what a new worker downloads) and nothing, for a worker started with `--base-model`, which builds
+version 0 from its own copy of the checkpoint (worker/initial_version.py). Client training in round 1 is
+the same for every setting (same model, same seeds), so it runs once and is reused.
+
+    python -m bench.bytes --from-json bench/results/bytes.json      # the report again from stored results
 """
 
 from __future__ import annotations
@@ -90,18 +92,10 @@ class Run:
         self.round1 = self._round1_downloads()
 
     def _round1_downloads(self) -> dict[str, int]:
-        """Round 1's download per worker: a fp32 snapshot of the initial model, or, with the base held by
-        hash, only the tensors that are not in the pretrained checkpoint (the new head)."""
-        from safetensors import safe_open
-
+        """Round 1's download per worker: a fp32 snapshot of the initial model, or nothing for a worker that
+        holds the checkpoint (it builds version 0, whose head the coordinator drew, itself)."""
         snap = {n: codec.encode(t, Codec("fp32")) for n, t in self.init.items()}
-        base: set[str] = set()
-        for f in sorted(self.wl.model_dir.glob("*.safetensors")):
-            with safe_open(str(f), "pt") as fh:
-                base |= set(fh.keys())
-        made = {n: e for n, e in snap.items() if n not in base and n.removeprefix("bert.") not in base}
-        return {"snapshot": frame_bytes(snap, self.init), "by_hash": frame_bytes(made, self.init),
-                "made": len(made)}  # fmt: skip
+        return {"snapshot": frame_bytes(snap, self.init), "held": 0}
 
     def evaluate(self) -> tuple[float, float]:
         return evaluate(
@@ -159,6 +153,12 @@ def per_round(rec: dict[str, Any], first_down: int) -> float:
     return (sum(rec["up"]) + sum(downs)) / len(rec["up"])
 
 
+def held_bytes(round1: dict[str, int]) -> int:
+    """Round 1's download for a worker holding the checkpoint (0; results of an earlier version of this
+    bench counted the new head's tensors, `by_hash`)."""
+    return round1.get("held", 0)
+
+
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     runs, r1 = results["runs"], results["round1"]
     base = runs.get("fp32/fp32")
@@ -171,25 +171,25 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"{results['workload']}. Data check: {results['check']}.",
         "",
-        f"Round 1's download per worker: a snapshot of the initial model is {r1['snapshot'] / 1e6:.2f} MB; with "
-        f"the base model held by hash only the {r1['made']} tensors the coordinator made (the new head) travel, "
-        f"{r1['by_hash'] / 1e3:.1f} kB. A round's download is the previous round's global update.",
+        f"Round 1's download per worker: a snapshot of the initial model is {r1['snapshot'] / 1e6:.2f} MB; a "
+        "worker started with `--base-model` builds version 0 from its own copy of the checkpoint and downloads "
+        "nothing. A later round's download is the previous round's global update.",
         "",
         f"| setting (up/down) | accuracy after round {rounds} | vs fp32 (points) | up MB/worker/round | down MB/worker/round "
-        "(rounds 2+) | mean MB/worker/round, round-1 snapshot | mean MB/worker/round, base by hash | vs Flower "
-        "(by hash) | goal 3.6 MB and 0.5 points |",
+        "(rounds 2+) | mean MB/worker/round, round-1 snapshot | mean MB/worker/round, base held | vs Flower "
+        "(base held) | goal 3.6 MB and 0.5 points |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, rec in runs.items():
         acc = rec["accuracy"][-1]
         diff = (acc - base_acc) * 100 if base_acc is not None else float("nan")
-        snap, by_hash = per_round(rec, r1["snapshot"]), per_round(rec, r1["by_hash"])
+        snap, held = per_round(rec, r1["snapshot"]), per_round(rec, held_bytes(r1))
         up = sum(rec["up"]) / len(rec["up"])
         down = sum(rec["down"][:-1]) / max(len(rec["down"]) - 1, 1)
-        met = by_hash <= GOAL_MB * 1e6 and (base_acc is None or diff >= -0.5)
+        met = held <= GOAL_MB * 1e6 and (base_acc is None or diff >= -0.5)
         lines.append(
             f"| {label} | {acc:.4f} | {diff:+.2f} | {up / 1e6:.3f} | {down / 1e6:.3f} | {snap / 1e6:.2f} | "
-            f"{by_hash / 1e6:.3f} | {FLOWER_MB * 1e6 / by_hash:.0f}x smaller | {'met' if met else 'not met'} |"
+            f"{held / 1e6:.3f} | {FLOWER_MB * 1e6 / held:.0f}x smaller | {'met' if met else 'not met'} |"
         )
     lines += ["", "Accuracy after each round:", "", "| setting | " + " | ".join(f"r{t}" for t in range(1, rounds + 1)) + " |",
               "|---|" + "---:|" * rounds]  # fmt: skip
@@ -217,13 +217,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    r1 = results["round1"]["by_hash"]
+    r1 = held_bytes(results["round1"])
     for label, rec in results["runs"].items():
         a.plot(range(1, len(rec["accuracy"]) + 1), rec["accuracy"], marker="o", label=label)
         b.scatter(per_round(rec, r1) / 1e6, rec["accuracy"][-1], label=label)
     a.set(xlabel="round", ylabel="test accuracy", title="accuracy per round")
     b.axvline(GOAL_MB, color="grey", linestyle="--", label="goal 3.6 MB")
-    b.set(xscale="log", xlabel="MB per worker per round (base by hash)", ylabel="final accuracy",
+    b.set(xscale="log", xlabel="MB per worker per round (base held)", ylabel="final accuracy",
           title="bytes against final accuracy")  # fmt: skip
     a.legend(fontsize=7)
     b.legend(fontsize=7)
@@ -239,7 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="a tiny model and generated data, in seconds")
     p.add_argument("--out", type=Path, default=None, help="folder for the report (default bench/results)")
+    p.add_argument(
+        "--from-json", type=Path, default=None, help="write the report of stored results, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        out = args.out or args.from_json.parent
+        out.mkdir(parents=True, exist_ok=True)
+        name = args.from_json.stem
+        if plot(results, out / f"{name}.png"):
+            results["plot"] = f"{name}.png"
+        write_report(name, report(results, args), out / f"{name}.md")
+        return 0
     settings = [parse_setting(s) for s in args.settings.split(",") if s]
     torch.set_num_threads(2)
     started = time.monotonic()
