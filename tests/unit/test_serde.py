@@ -85,8 +85,9 @@ TASKS = [
         model_hash="ab" * 32,
         deadline_unix=0.0,
         config=CONFIGS[1],
-        encoding="fp32",
+        encoding="lowrank",
         total_rounds=7,
+        lowrank_rank=16,
     ),
     RoundTask(
         round=2**32 - 1,
@@ -116,6 +117,15 @@ def test_task_from_proto_refuses_non_train(kind: int) -> None:
     message = task_to_proto(TASKS[0])
     message.kind = kind  # type: ignore[assignment]
     with pytest.raises(ValueError, match="TRAIN"):
+        task_from_proto(message)
+
+
+def test_a_task_without_a_rank_gets_the_default_and_an_absurd_rank_is_refused() -> None:
+    message = task_to_proto(TASKS[1])
+    message.lowrank_rank = 0  # a coordinator of before the low-rank encoding
+    assert task_from_proto(message).lowrank_rank == 8
+    message.lowrank_rank = 1025
+    with pytest.raises(ValueError, match="lowrank_rank must be at most 1024"):
         task_from_proto(message)
 
 
