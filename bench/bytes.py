@@ -58,7 +58,7 @@ def parse_codec(text: str) -> Codec:
     """`lowrank:8`, `topk:0.1`, `int8`, ... as a Codec."""
     name, _, param = text.partition(":")
     if name == "lowrank":
-        return Codec("lowrank", rank=int(param or 8))
+        return Codec("lowrank", rank=int(param or 16))
     if name == "topk":
         return Codec("topk", topk_fraction=float(param or 0.1))
     if param:

@@ -3,7 +3,7 @@ time, bytes each way and memory per round and in total, for Flower's FedAvg, Str
 Strata's best-bytes setting.
 
     python -m bench.flower --setup          # once: Flower 1.41.0 in its own virtual environment (.venv-flower)
-    python -m bench.flower [--best lowrank:8] [--skip-flower]
+    python -m bench.flower [--best lowrank:16] [--skip-flower]
     python -m bench.flower --smoke --skip-flower --out DIR      # Strata's part on a tiny model, in seconds
 
 The workload is ../shared/reference/WORKLOAD.md, unchanged: SST-2, 8 clients x 256 examples (Dirichlet
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "--setup", action="store_true", help=f"create {VENV.name} with flwr {FLOWER_VERSION} and exit"
     )
     p.add_argument("--flower-venv", type=Path, default=VENV)
-    p.add_argument("--best", default="lowrank:8", help="Strata's best-bytes encoding, both ways (ENC[:RANK])")
+    p.add_argument("--best", default="lowrank:16", help="Strata's best-bytes encoding, both ways (ENC[:RANK])")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--skip-flower", action="store_true", help="run Strata's part only")
     p.add_argument("--smoke", action="store_true", help="a tiny model and generated data (Strata's part)")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         runs["Flower"] = run_flower(python, work / "data", wl.model_dir, work / "flower", rounds, wl.clients)
     for name, up, r, base in (
         ("Strata fp32", "fp32", 8, False),
-        (f"Strata {args.best} + base held", enc, int(rank or 8), True),
+        (f"Strata {args.best} + base held", enc, int(rank or 16), True),
     ):
         print(f"{name} ...", file=sys.stderr, flush=True)
         runs[name] = run_strata(name, up, up, r, base, work / "data", wl.model_dir, wl.labels, work / name.replace(" ", "_"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 #: update encodings (strata.codec)
 ENCODINGS = ("fp32", "bf16", "int8", "topk", "lowrank")
 #: the rank of the `lowrank` encoding's factors, by default and at most (strata.lowrank_codec)
-DEFAULT_LOWRANK_RANK, MAX_LOWRANK_RANK = 8, 1024
+DEFAULT_LOWRANK_RANK, MAX_LOWRANK_RANK = 16, 1024
 #: what a federation trains (strata.modeling)
 TASKS = ("sequence-classification", "causal-lm", "instruction")
 #: how a LoRA federation combines its members' adapters (strata.adapters, coordinator/lora_aggregation.py)

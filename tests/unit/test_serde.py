@@ -123,7 +123,7 @@ def test_task_from_proto_refuses_non_train(kind: int) -> None:
 def test_a_task_without_a_rank_gets_the_default_and_an_absurd_rank_is_refused() -> None:
     message = task_to_proto(TASKS[1])
     message.lowrank_rank = 0  # a coordinator of before the low-rank encoding
-    assert task_from_proto(message).lowrank_rank == 8
+    assert task_from_proto(message).lowrank_rank == 16
     message.lowrank_rank = 1025
     with pytest.raises(ValueError, match="lowrank_rank must be at most 1024"):
         task_from_proto(message)
