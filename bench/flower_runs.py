@@ -147,7 +147,7 @@ def run_flower(
     sampler.start()
     try:
         start("superlink", [str(bindir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                            "--host", "127.0.0.1", "--port", str(port), "--database", str(work / "state.db")])  # fmt: skip
+                            "--host", "127.0.0.1", "--port", str(port)])  # fmt: skip
         wait_for_port(port, procs[0])
         for k in range(clients):
             start("supernode", [str(bindir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
