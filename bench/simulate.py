@@ -42,10 +42,12 @@ def rss(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """The child processes of `pid`; none once it has gone (even while it is being listed)."""
     out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            out += [int(c) for c in (task / "children").read_text().split()]
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in list(Path(f"/proc/{pid}/task").glob("*")):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                out += [int(c) for c in (task / "children").read_text().split()]
     return out
 
 
