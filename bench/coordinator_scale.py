@@ -25,8 +25,7 @@ import grpc
 import torch
 from sqlalchemy import create_engine, select
 
-from bench.common import SHARED_DATA, machine, minilm_dir, write_report
-from bench.ingest import cpu_seconds, rss_bytes
+from bench.common import SHARED_DATA, cpu_seconds, machine, minilm_dir, rss_bytes, write_report
 from strata import synthetic
 from strata.data import read_examples
 from strata.member.client import CHANNEL_OPTIONS

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         "--setup", action="store_true", help=f"create {VENV.name} with flwr {FLOWER_VERSION} and exit"
     )
     p.add_argument("--flower-venv", type=Path, default=VENV)
-    p.add_argument("--best", default="lowrank:16", help="Strata's best-bytes encoding, both ways (ENC[:RANK])")
+    p.add_argument(
+        "--best", default="lowrank:16", help="Strata's best-bytes encoding, both ways (ENC[:RANK])"
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--skip-flower", action="store_true", help="run Strata's part only")
     p.add_argument("--smoke", action="store_true", help="a tiny model and generated data (Strata's part)")

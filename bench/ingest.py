@@ -27,7 +27,7 @@ import torch
 import zstandard
 from safetensors import safe_open
 
-from bench.common import machine, write_report
+from bench.common import cpu_seconds, machine, rss_bytes, write_report
 from strata import codec, synthetic
 from strata.codec import Codec
 from strata.frames import header_of, pieces
@@ -37,17 +37,6 @@ from strata.proto.v1 import coordinator_pb2 as pb
 from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
 TOKEN = "bench-token-0123456789"
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
 class Sampler(threading.Thread):

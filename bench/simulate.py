@@ -25,8 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, select
 
-from bench.common import SHARED_DATA, machine, minilm_dir, write_report
-from bench.ingest import rss_bytes
+from bench.common import SHARED_DATA, machine, minilm_dir, rss_bytes, write_report
 from strata import synthetic
 from strata.storage.models import Round, Update
 

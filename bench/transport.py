@@ -26,8 +26,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import machine, write_report
-from bench.ingest import cpu_seconds
+from bench.common import cpu_seconds, machine, write_report
 from strata.member.client import CHANNEL_OPTIONS
 from strata.proto.v1 import coordinator_pb2 as pb
 
@@ -118,7 +117,16 @@ def measure(kind: str, workers: int, total_bytes: int, chunk: int, work: Path) -
     gb = sum(received) / 1e9
     if sum(received) != per_worker * chunk * workers:
         raise SystemExit(f"{kind}: {sum(received)} bytes received, {per_worker * chunk * workers} sent")
-    return {"gb": gb, "cpu": cpu, "wall": wall, "cpu_per_gb": cpu / gb, "gb_per_s": gb / wall}
+    # a transfer too small to take one clock tick of CPU has no measurable rate
+    per_cpu = gb / cpu if cpu > 0 else float("nan")
+    return {
+        "gb": gb,
+        "cpu": cpu,
+        "wall": wall,
+        "cpu_per_gb": cpu / gb,
+        "gb_per_cpu": per_cpu,
+        "gb_per_s": gb / wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for kind, n, m in rows:
         lines.append(f"| {kind} | {n} | {m['gb']:.2f} | {m['cpu']:.2f} | {m['cpu_per_gb']:.2f} | "
-                     f"{1 / m['cpu_per_gb']:.2f} | {m['gb_per_s']:.2f} |")  # fmt: skip
+                     f"{m['gb_per_cpu']:.2f} | {m['gb_per_s']:.2f} |")  # fmt: skip
     write_report("transport", "\n".join(lines) + "\n", args.out)
     return 0
 
