@@ -10,7 +10,7 @@ The tests train at a learning rate of 2e-3 where the benchmark uses 3e-3: at 3e-
 sometimes swings from 0.54 down to 0.34 in one round. The workers run as threads of this process and take
 turns to train (worker.trainer), so each one's dropout draws are its own; what still varies between runs
 is the order in which the coordinator sums the updates. Over three runs at 2e-3 the late means were 0.61-0.62
-honest, 0.24 sign-flipped and 0.36-0.43 boosted without a defence (a ×10 step of one worker's delta throws
+honest, 0.24 sign-flipped and 0.36-0.48 boosted without a defence (a ×10 step of one worker's delta throws
 the mean about), 0.61-0.62 behind the norm bound and 0.81 behind the median.
 """
 
@@ -49,7 +49,9 @@ def test_a_byzantine_worker_ruins_the_mean_and_not_the_defended_federation(
 ) -> None:
     undefended, _ = federation(setup, attack, DEFENCES["none (mean)"], ROUNDS, learning_rate=LEARNING_RATE)
     defended, refused = federation(setup, attack, DEFENCES[defence], ROUNDS, learning_rate=LEARNING_RATE)
-    assert late_mean(undefended) <= 0.45, undefended
+    # sign-flipped, the mean stays at chance; boosted, it is thrown about below what the honest
+    # federation reaches (0.61-0.62): late means 0.36-0.48 over runs
+    assert late_mean(undefended) <= (0.3 if attack == "sign-flip" else 0.55), undefended
     assert late_mean(defended) >= 0.5, defended
     assert late_mean(defended) - late_mean(undefended) >= 0.2
     if defence.startswith("norm bound"):  # every poisoned update refused, with the reason recorded
