@@ -20,9 +20,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -33,6 +34,19 @@ from strata.proto.v1 import coordinator_pb2 as pb
 METHOD = "/bench.Transport/Push"
 
 
+def _listen(server: Any, push: Callable[..., Any]) -> int:
+    """Register `push` as bench.Transport/Push on a sync or aio server; the port it listens on."""
+    handler = grpc.stream_unary_rpc_method_handler(
+        push,
+        request_deserializer=pb.UpdateChunk.FromString,
+        response_serializer=pb.PushReply.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("bench.Transport", {"Push": handler})]
+    )
+    return int(server.add_insecure_port("127.0.0.1:0"))
+
+
 def serve(kind: str, port_file: Path) -> None:
     """Serve Push until killed: count the data bytes of every chunk, answer with the total."""
     if kind == "sync":
@@ -41,15 +55,7 @@ def serve(kind: str, port_file: Path) -> None:
             return pb.PushReply(accepted=True, received_bytes=sum(len(c.data) for c in requests))
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTIONS)
-        handler = grpc.stream_unary_rpc_method_handler(
-            push,
-            request_deserializer=pb.UpdateChunk.FromString,
-            response_serializer=pb.PushReply.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("bench.Transport", {"Push": handler})]
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = _listen(server, push)
         server.start()
         port_file.write_text(str(port))
         server.wait_for_termination()
@@ -65,15 +71,7 @@ def serve(kind: str, port_file: Path) -> None:
             return pb.PushReply(accepted=True, received_bytes=total)
 
         server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        handler = grpc.stream_unary_rpc_method_handler(
-            push,
-            request_deserializer=pb.UpdateChunk.FromString,
-            response_serializer=pb.PushReply.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("bench.Transport", {"Push": handler})]
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = _listen(server, push)
         await server.start()
         port_file.write_text(str(port))
         await server.wait_for_termination()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from strata.layers import block_map
 from strata.member.replica import Replica
-from strata.modeling import global_tensors, load_model, save_assets
+from strata.modeling import global_tensors, load_model, save_assets, write_assets
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.version import assets_hash, model_hash
 from worker import base_download
@@ -51,7 +51,7 @@ def build(reply: pb.JoinReply, base_model: str, assets: Path, device: str) -> Re
             reply.initial_hash[:12],
         )
         return None
-    save_assets(model, tokenizer, assets)
+    write_assets(files, assets)  # the files just checked, not a second save_pretrained
     model.to(device)  # type: ignore[arg-type]
     log.info("built version 0 from %s (hash %s): round 1 downloads nothing", folder, found[:12])
     return Replica(model, tokenizer, block_map(model), device)
