@@ -23,6 +23,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,10 @@ def run_policy(
     shards: list[list[Example]],
     test: list[Example],
     bar: tqdm,
+    attack: Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    tag: str = "",
 ) -> Run:
+    """One policy's federation; `attack(k, delta)`, when given, replaces what worker k sends."""
     model, tok = load_model(base_dir, labels, seed=args.seed)
     torch.manual_seed(args.seed)
     bmap = block_map(model)
@@ -133,9 +137,10 @@ def run_policy(
             cpu0 = time.process_time()
             res = train(model, tok, shard, config, t, progress=False, worker=f"worker-{k}")
             cpu += time.process_time() - cpu0
-            up += encoded_bytes(res.delta, wire)
+            delta = attack(k, res.delta) if attack is not None else res.delta
+            up += encoded_bytes(delta, wire)
             seconds += res.seconds
-            acc.accept(res.delta, res.num_samples)
+            acc.accept(delta, res.num_samples)
         weight_sq = {n: float(params[n].detach().double().pow(2).sum()) for n in acc.counts}
         scores = block_scores(acc.moments(), weight_sq, bmap.block_of)
         applied, _ = targeting.decide(t, plan, scores)
@@ -152,7 +157,7 @@ def run_policy(
         run.applied.append(applied)
         bar.update(1)
         tqdm.write(
-            f"{policy:>9} round {t:2d}: accuracy {accuracy:.4f}, up {up / 1e6:7.1f} MB, "
+            f"{tag}{policy:>9} round {t:2d}: accuracy {accuracy:.4f}, up {up / 1e6:7.1f} MB, "
             f"train {seconds:6.1f} s ({cpu:6.1f} CPU-s), applied {','.join(short(b) for b in applied)}"
         )
     set_trainable(model, bmap, ())

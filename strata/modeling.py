@@ -24,7 +24,7 @@ from transformers import (  # type: ignore[attr-defined]
     PreTrainedTokenizerBase,
 )
 
-from strata import atomic
+from strata import atomic, attention_window
 from strata.adapters import is_adapted, travels
 from strata.data import Example
 
@@ -101,6 +101,7 @@ def load_model(
             model_dir, config=config, local_files_only=True, ignore_mismatched_sizes=True, **options
         )
     model.config.architectures = [type(model).__name__]
+    attention_window.apply(model)  # the config's local attention windows, if it has any
     model.eval()
     return model, tokenizer
 
@@ -117,6 +118,7 @@ def model_from_assets(assets_dir: str | Path) -> tuple[PreTrainedModel, PreTrain
         _prepare_causal_tokenizer(model, tokenizer)
     else:
         model = AutoModelForSequenceClassification.from_config(config)
+    attention_window.apply(model)
     return model, tokenizer
 
 

@@ -1,0 +1,96 @@
+"""Model surgery that keeps what a checkpoint has learnt: wider feed-forward layers (Net2Net), a student
+with every other layer (as DistilBERT was made from BERT), and local attention windows in the early
+layers (`strata.attention_window`). ``strata adapt`` applies them to a model directory; the coordinator
+then serves the result like any other model.
+
+Widening is function-preserving: the new hidden units of a feed-forward layer copy existing ones, and
+each original unit's outgoing weights are split among its copies in random proportions that sum to one,
+so the wider model computes exactly what the narrower one did, and its copies (whose gradients differ
+through those proportions) drift apart in training instead of staying twins. A wider layer takes
+smaller steps per unit for the same change of its function, the "lazier" updates of the
+divergence-aware design (docs/methods.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from strata import attention_window
+
+WIDEN_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def _encoder_layers(model: Any, what: str) -> Any:
+    family = getattr(model.config, "model_type", "")
+    if family not in WIDEN_FAMILIES:
+        raise ValueError(f"{what} supports the {', '.join(WIDEN_FAMILIES)} families, not {family!r}")
+    base = getattr(model, "base_model", model)
+    layers: Any = base.encoder.layer
+    return layers
+
+
+def widen_plan(width: int, new_width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source, share) of a layer widened from `width` to `new_width` units (pure; seeded).
+
+    Unit j of the wide layer copies unit source[j] (the first `width` are the originals); its outgoing
+    weights are scaled by share[j], and the shares of every original's copies sum to one.
+    """
+    if new_width < width:
+        raise ValueError(f"cannot widen {width} units to {new_width}")
+    gen = torch.Generator().manual_seed(seed)
+    extra = torch.randint(0, width, (new_width - width,), generator=gen)
+    source = torch.cat([torch.arange(width), extra])
+    raw = 0.5 + torch.rand(new_width, generator=gen, dtype=torch.float64)  # in [0.5, 1.5)
+    totals = torch.zeros(width, dtype=torch.float64).index_add_(0, source, raw)
+    return source, (raw / totals[source]).to(torch.float32)
+
+
+def widen_ffn(model: Any, factor: float, seed: int = 0) -> int:
+    """Widen every feed-forward layer by `factor` (≥ 1), keeping the model's function. Returns the new
+    intermediate size and records it in the config."""
+    if factor < 1:
+        raise ValueError(f"the feed-forward width factor must be at least 1, got {factor:g}")
+    layers = _encoder_layers(model, "widening")
+    width = int(model.config.intermediate_size)
+    new_width = round(width * factor)
+    for i, layer in enumerate(layers):
+        up: torch.nn.Linear = layer.intermediate.dense
+        down: torch.nn.Linear = layer.output.dense
+        source, share = widen_plan(width, new_width, seed + i)
+        wide_up = torch.nn.Linear(up.in_features, new_width, dtype=up.weight.dtype)
+        wide_down = torch.nn.Linear(new_width, down.out_features, dtype=down.weight.dtype)
+        with torch.no_grad():
+            wide_up.weight.copy_(up.weight[source])
+            wide_up.bias.copy_(up.bias[source])
+            wide_down.weight.copy_(down.weight[:, source] * share.to(down.weight.dtype))
+            wide_down.bias.copy_(down.bias)
+        layer.intermediate.dense, layer.output.dense = wide_up, wide_down
+    model.config.intermediate_size = new_width
+    return new_width
+
+
+def keep_layers(model: Any, keep: Sequence[int]) -> None:
+    """Keep only the transformer layers `keep` (in that order), e.g. 0, 2, 4: the student initialisation
+    DistilBERT used (one layer of two from its teacher). Records the depth in the config."""
+    layers = _encoder_layers(model, "dropping layers")
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < len(layers) for i in keep):
+        raise ValueError(f"layers to keep must be distinct indices in 0..{len(layers) - 1}, got {list(keep)}")
+    base = getattr(model, "base_model", model)
+    base.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(base.encoder.layer):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    model.config.num_hidden_layers = len(keep)
+
+
+def every_other(depth: int) -> list[int]:
+    """0, 2, 4, …: the layers a DistilBERT-style student keeps of a `depth`-layer teacher."""
+    return list(range(0, depth, 2))
+
+
+def add_local_attention(model: Any, layers: int, window: int) -> None:
+    attention_window.apply(model, attention_window.LocalAttention(layers, window))
