@@ -94,3 +94,77 @@ def every_other(depth: int) -> list[int]:
 
 def add_local_attention(model: Any, layers: int, window: int) -> None:
     attention_window.apply(model, attention_window.LocalAttention(layers, window))
+
+
+def to_albert(model: Any) -> Any:
+    """An ALBERT-architecture classifier (one transformer layer shared by every depth) made from a BERT
+    classifier: embeddings, pooler and head copied, the embedding projection the identity
+    (embedding size = hidden size), and the shared layer the element-wise mean of the BERT layers.
+
+    This is how to get an ALBERT with pretrained parts where no ALBERT checkpoint is at hand; the mean
+    of the layers is not a pretrained layer, so the result starts below the BERT it came from.
+    """
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    layers = _encoder_layers(model, "ALBERT conversion")
+    c = model.config
+    config = AlbertConfig(  # type: ignore[call-arg]
+        vocab_size=c.vocab_size,
+        embedding_size=c.hidden_size,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_hidden_groups=1,
+        num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        inner_group_num=1,
+        hidden_act=c.hidden_act,
+        hidden_dropout_prob=c.hidden_dropout_prob,
+        attention_probs_dropout_prob=c.attention_probs_dropout_prob,
+        max_position_embeddings=c.max_position_embeddings,
+        type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps,
+        classifier_dropout_prob=c.hidden_dropout_prob,
+        pad_token_id=c.pad_token_id,
+        num_labels=c.num_labels,
+        id2label=c.id2label,
+        label2id=c.label2id,
+    )
+    albert = AlbertForSequenceClassification(config)
+    src = model.state_dict()
+    mean = {
+        part: torch.stack([layer.state_dict()[part] for layer in layers]).mean(0)
+        for part in layers[0].state_dict()
+    }
+    prefix = "albert.encoder.albert_layer_groups.0.albert_layers.0."
+    shared = {
+        "attention.query": "attention.self.query",
+        "attention.key": "attention.self.key",
+        "attention.value": "attention.self.value",
+        "attention.dense": "attention.output.dense",
+        "attention.LayerNorm": "attention.output.LayerNorm",
+        "ffn": "intermediate.dense",
+        "ffn_output": "output.dense",
+        "full_layer_layer_norm": "output.LayerNorm",
+    }
+    base = model.base_model_prefix
+    target: dict[str, torch.Tensor] = {}
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+        for kind in ("weight", "bias"):
+            key = f"{base}.embeddings.{name}.{kind}"
+            if key in src:
+                target[f"albert.embeddings.{name}.{kind}"] = src[key]
+    for ours, theirs in shared.items():
+        for kind in ("weight", "bias"):
+            target[f"{prefix}{ours}.{kind}"] = mean[f"{theirs}.{kind}"]
+    target["albert.encoder.embedding_hidden_mapping_in.weight"] = torch.eye(c.hidden_size)
+    target["albert.encoder.embedding_hidden_mapping_in.bias"] = torch.zeros(c.hidden_size)
+    for kind in ("weight", "bias"):
+        target[f"albert.pooler.{kind}"] = src[f"{base}.pooler.dense.{kind}"]
+        target[f"classifier.{kind}"] = src[f"classifier.{kind}"]
+    missing = set(albert.state_dict()) - set(target) - {"albert.embeddings.position_ids"}
+    if missing:
+        raise ValueError(f"ALBERT conversion left {sorted(missing)} unset")
+    albert.load_state_dict(target, strict=False)
+    albert.config.architectures = [type(albert).__name__]
+    albert.eval()
+    return albert

@@ -1,12 +1,13 @@
 """`strata adapt`: write a model directory changed for federated fine-tuning, for the coordinator's --model.
 
     strata adapt SRC OUT [--ffn-width 2] [--local-attention-layers 2 --local-attention-window 8]
-                         [--keep-layers 0,2,4 | --every-other-layer] [--labels a,b,...]
+                         [--keep-layers 0,2,4 | --every-other-layer] [--albert] [--labels a,b,...]
 
 --ffn-width widens every feed-forward layer by that factor without changing what the model computes
 (Net2Net); --local-attention-* restricts attention in the first layers to a window of tokens (recorded in
 the config, so every member applies it); --keep-layers / --every-other-layer make a shallower student
-from a checkpoint the way DistilBERT was made from BERT. The tokenizer is copied unchanged. See
+from a checkpoint the way DistilBERT was made from BERT; --albert converts a BERT to the ALBERT
+architecture (for a study where no ALBERT checkpoint is at hand). The tokenizer is copied unchanged. See
 docs/methods.md, "Divergence-aware design".
 """
 
@@ -35,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--local-attention-window", type=int, default=0, help="tokens either side a token sees")
     p.add_argument("--keep-layers", default="", help="comma-separated layer indices to keep, in order")
     p.add_argument("--every-other-layer", action="store_true", help="keep layers 0, 2, 4, …")
+    p.add_argument(
+        "--albert",
+        action="store_true",
+        help="convert to the ALBERT architecture (one layer shared by every depth; its weights the mean of the layers)",
+    )
     p.add_argument("--labels", default="", help="comma-separated class names (default: the config's)")
     p.add_argument("--seed", type=int, default=0, help="seeds the widening's split and a new head")
     p.set_defaults(func=run)
@@ -59,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             adapt.keep_layers(model, keep)
         if args.ffn_width > 1:
             adapt.widen_ffn(model, args.ffn_width, seed=args.seed)
+        if args.albert:
+            model = adapt.to_albert(model)
         if spec[1] is not None:
             adapt.add_local_attention(model, spec[1].layers, spec[1].window)
     except (ValueError, FileNotFoundError) as exc:
@@ -86,6 +94,8 @@ def check(args: argparse.Namespace) -> tuple[list[int], LocalAttention | None]:
     keep = [int(x) for x in args.keep_layers.split(",") if x.strip()] if args.keep_layers else []
     if keep and args.every_other_layer:
         raise ValueError("--keep-layers and --every-other-layer contradict each other: choose one")
+    if args.albert and args.local_attention_layers:
+        raise ValueError("ALBERT shares one layer across depths: it cannot window only the early ones")
     if bool(args.local_attention_layers) != bool(args.local_attention_window):
         raise ValueError("--local-attention-layers and --local-attention-window go together")
     windows = (

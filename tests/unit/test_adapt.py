@@ -93,6 +93,7 @@ def test_strata_adapt_writes_a_model_the_coordinator_loads(tiny: Path, tmp_path:
         (["--ffn-width", "0.5"], "at least 1"),
         (["--keep-layers", "0", "--every-other-layer"], "contradict"),
         (["--local-attention-layers", "2"], "go together"),
+        (["--albert", "--local-attention-layers", "1", "--local-attention-window", "2"], "shares one layer"),
     ],
 )
 def test_strata_adapt_refuses_contradictions_before_writing(
@@ -110,3 +111,27 @@ def test_strata_adapt_never_overwrites(
     (tmp_path / "taken").mkdir()
     assert main(["adapt", str(tiny), str(tmp_path / "taken"), "--ffn-width", "2"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_one_layer_bert_becomes_the_same_function_as_albert(tmp_path: Path) -> None:
+    texts = [e.text for e in synthetic.generate(200, seed=0)]
+    one = make_tiny_model_dir(tmp_path / "one", texts, synthetic.LABELS, num_layers=1)
+    bert, tok = load_model(one, synthetic.LABELS)
+    albert = adapt.to_albert(bert)
+    assert type(albert).__name__ == "AlbertForSequenceClassification"
+    assert torch.allclose(logits(albert, tok, texts[:8]), logits(bert, tok, texts[:8]), atol=1e-5)
+
+
+def test_a_deeper_bert_shares_the_mean_of_its_layers_and_strata_adapt_writes_it(
+    tiny: Path, tmp_path: Path
+) -> None:
+    bert, _ = load_model(tiny, synthetic.LABELS)
+    albert = adapt.to_albert(bert)
+    shared = albert.albert.encoder.albert_layer_groups[0].albert_layers[0].ffn.weight
+    layers = bert.bert.encoder.layer
+    assert torch.allclose(shared, torch.stack([x.intermediate.dense.weight for x in layers]).mean(0))
+    assert albert.config.num_hidden_layers == 4 and albert.config.num_hidden_groups == 1
+    assert main(["adapt", str(tiny), str(tmp_path / "albert"), "--albert"]) == 0
+    loaded, _ = load_model(tmp_path / "albert", synthetic.LABELS)
+    assert loaded.config.model_type == "albert"
+    assert torch.equal(loaded.albert.encoder.albert_layer_groups[0].albert_layers[0].ffn.weight, shared)
