@@ -65,3 +65,25 @@ def write_report(name: str, text: str, out: Path | None = None) -> Path:
     print(text)
     print(f"(written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})", file=sys.stderr)
     return path
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write a study's stored runs atomically (a temporary file, then a rename): a benchmark killed while
+    saving keeps the previous file, so it resumes from its last finished run."""
+    import json
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def save_figure(fig: Any, path: Path, axes: Any = ()) -> None:
+    """Grid and legend on `axes`, then a tight layout written at 110 dpi, and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS, minilm_dir, write_report
+from bench.common import RESULTS, minilm_dir, save_json, write_report
 from bench.targeting import POLICIES, load_data, run_policy, split_pool
 from strata.data import Example
 from strata.layers import block_map
@@ -85,9 +85,7 @@ class Study:
             self.runs = json.loads(path.read_text()).get("runs", {})
 
     def save(self, args: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"args": args, "runs": self.runs}, indent=1))
-        tmp.replace(self.path)
+        save_json(self.path, {"args": args, "runs": self.runs})
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int, str, str]]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, pyplot
+from bench.common import machine, pyplot, save_figure
 
 CLEAN = "none"
 
@@ -239,9 +239,5 @@ def plot(study: Any, args: argparse.Namespace, path: Path) -> bool:
         ax.set_title(dataset + ("" if attack == CLEAN else f", {attack} ×{args.scale:g}"), fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, axes[0])
     return True

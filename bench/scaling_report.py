@@ -1,0 +1,158 @@
+"""The report of bench.scaling: accuracy against the number of clients per model and data set, the
+remedies at the largest federation, and the verdict on seed 002's claim."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.common import machine, pyplot, save_figure
+
+
+def get(
+    stored: dict[str, Any], args: argparse.Namespace, d: str, m: str, n: int, r: str = "fedavg"
+) -> dict | None:
+    from bench.scaling import run_key
+
+    rec: dict | None = stored["runs"].get(run_key((d, m, n, r), args))
+    return rec
+
+
+def late(acc: list[float]) -> float:
+    tail = acc[-2:]
+    return sum(tail) / len(tail)
+
+
+def chance(stored: dict[str, Any], dataset: str) -> str:
+    return {"sst2": "0.51 (majority class of the test set)", "reuters_c50": "0.02 (50 authors)"}.get(
+        dataset, "–"
+    )
+
+
+def verdict(stored: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Does the smaller model degrade more from 1 to the most clients than MiniLM, or collapse?"""
+    lines = []
+    lo, hi = min(args.clients), max(args.clients)
+    for d in args.datasets:
+        drops = {}
+        for m in args.models:
+            a, b = get(stored, args, d, m, lo), get(stored, args, d, m, hi)
+            if a and b:
+                drops[m] = (late(a["accuracy"]), late(b["accuracy"]))
+        if "student" not in drops or "minilm" not in drops:
+            lines.append(
+                f"- {d}: not measured yet (the student and MiniLM at {lo} and {hi} clients are needed)."
+            )
+            continue
+        (s1, sn), (m1, mn) = drops["student"], drops["minilm"]
+        ds, dm = s1 - sn, m1 - mn
+        floor = 0.55 if d == "sst2" else 0.05
+        if sn <= floor:
+            word = "**reproduced** (the student collapses to chance)"
+        elif ds > dm + 0.02:
+            word = "**partly reproduced** (the student degrades more, without collapsing)"
+        else:
+            word = "**not reproduced**"
+        lines.append(
+            f"- {d}: {word}. From {lo} to {hi} clients the student goes {s1:.3f} → {sn:.3f} ({100 * -ds:+.1f} "
+            f"points), MiniLM {m1:.3f} → {mn:.3f} ({100 * -dm:+.1f} points)"
+            + (f", ALBERT {drops['albert'][0]:.3f} → {drops['albert'][1]:.3f}" if "albert" in drops else "")
+            + "."
+        )
+        for r in args.remedies:
+            rec, plain = (
+                get(stored, args, d, "student", args.remedy_clients, r),
+                get(stored, args, d, "student", args.remedy_clients),
+            )
+            if rec and plain and "student" in args.remedy_models:
+                lines.append(
+                    f"  - {r} at {args.remedy_clients} clients: student {late(plain['accuracy']):.3f} → "
+                    f"{late(rec['accuracy']):.3f} ({100 * (late(rec['accuracy']) - late(plain['accuracy'])):+.1f} points)."
+                )
+    lines.append(
+        "- Rule: reproduced when the student ends at chance with the most clients; partly when it loses at "
+        "least 2 points more than MiniLM from the fewest to the most clients; not reproduced otherwise "
+        "(accuracy: mean of the last two rounds)."
+    )
+    return lines
+
+
+def report(stored: dict[str, Any], args: argparse.Namespace) -> str:
+    steps = args.pool // args.batch_size
+    lines = [
+        "# Scaling to 32 clients (seed 002): accuracy against the number of clients, per model",
+        "",
+        f"`python -m bench.scaling{' --smoke' if args.smoke else ''}` ({machine()}; "
+        f"{sum(r['minutes'] for r in stored['runs'].values()):.0f} min of federations stored)",
+        "",
+        f"{args.rounds} rounds; a pool of {args.pool} training examples per data set shared out IID; every client "
+        f"one local epoch per round, batch {args.batch_size}, AdamW lr {args.lr:g}: about {steps} optimiser steps "
+        "per round in all, whatever the number of clients; FedAvg; fp32 both ways. Each federation is a "
+        "coordinator process and `strata simulate` with N virtual workers over gRPC; the coordinator evaluates "
+        f"every round on {args.eval_n} test examples. Accuracy: mean of the last two rounds. Seed {args.seed}.",
+        "",
+    ]
+    for d in args.datasets:
+        lines += [f"## {d} (chance: {chance(stored, d)})", ""]
+        lines.append("| model | initial | " + " | ".join(f"{n} clients" for n in args.clients) + " |")
+        lines.append("|---|---|" + "---|" * len(args.clients))
+        for m in args.models:
+            init = stored["initial"].get(f"{d}/{m}/e{args.eval_n}-s{args.seed}")
+            cells = []
+            for n in args.clients:
+                rec = get(stored, args, d, m, n)
+                cells.append(f"{late(rec['accuracy']):.3f}" if rec else "–")
+            lines.append(f"| {m} | {init:.3f} | " if init is not None else f"| {m} | – | ")
+            lines[-1] += " | ".join(cells) + " |"
+        if args.remedies and args.remedy_models:
+            lines += ["", f"At {args.remedy_clients} clients:", ""]
+            lines.append("| model | fedavg | " + " | ".join(args.remedies) + " |")
+            lines.append("|---|---|" + "---|" * len(args.remedies))
+            for m in args.remedy_models:
+                cells = []
+                for r in ["fedavg", *args.remedies]:
+                    rec = get(stored, args, d, m, args.remedy_clients, r)
+                    cells.append(f"{late(rec['accuracy']):.3f}" if rec else "–")
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", "Accuracy per round:", "", "| model | clients | remedy | " + " | ".join(
+            f"r{i}" for i in range(1, args.rounds + 1)) + " | minutes |"]  # fmt: skip
+        lines.append("|---|---|---|" + "---|" * args.rounds + "---|")
+        for m in args.models:
+            for n in args.clients:
+                rec = get(stored, args, d, m, n)
+                if rec:
+                    acc = " | ".join(f"{a:.3f}" for a in rec["accuracy"])
+                    lines.append(f"| {m} | {n} | fedavg | {acc} | {rec['minutes']:.1f} |")
+        for m in args.remedy_models:
+            for r in args.remedies:
+                rec = get(stored, args, d, m, args.remedy_clients, r)
+                if rec:
+                    acc = " | ".join(f"{a:.3f}" for a in rec["accuracy"])
+                    lines.append(f"| {m} | {args.remedy_clients} | {r} | {acc} | {rec['minutes']:.1f} |")
+        lines.append("")
+    name = "scaling-smoke" if args.smoke else "scaling"
+    lines += ["## Verdict", "", *verdict(stored, args), "", f"![accuracy against clients]({name}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(stored: dict[str, Any], args: argparse.Namespace, path: Any) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 4), squeeze=False)
+    for ax, d in zip(axes[0], args.datasets, strict=True):
+        for m in args.models:
+            pts = [(n, late(rec["accuracy"])) for n in args.clients if (rec := get(stored, args, d, m, n))]
+            if pts:
+                (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+                for r, marker in zip(args.remedies, "s^", strict=False):
+                    rec = get(stored, args, d, m, args.remedy_clients, r)
+                    if rec:
+                        ax.scatter([args.remedy_clients], [late(rec["accuracy"])], marker=marker,
+                                   color=line.get_color(), label=f"{m} + {r}")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("clients (same total steps per round)")
+        ax.set_ylabel("test accuracy, last two rounds")
+        ax.set_title(d)
+    save_figure(fig, path, axes[0])
+    return True
