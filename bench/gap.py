@@ -39,14 +39,13 @@ import torch
 
 from bench.common import RESULTS, save_json, write_report
 from bench.optimizers_data import Workload, make_split, reference_workload, smoke_workload
-from bench.optimizers_runs import workload_seed
+from bench.optimizers_runs import server_step, workload_seed
 from strata import adapt
 from strata.aggregate import FedAvgAccumulator
-from strata.frames import add_update
 from strata.layers import block_map
 from strata.member.replica import Replica
 from strata.modeling import batches, evaluate, load_model, model_inputs, task_of
-from strata.optimizers import ServerOptimizer, step
+from strata.optimizers import ServerOptimizer
 from strata.selection import block_scores
 from strata.serde import RoundTask
 from strata.targeting import Targeting, TargetingConfig
@@ -161,12 +160,7 @@ class Gap:
                 )
                 keep = replica.bmap.tensors_of(applied)
                 acc.drop([n for n in list(acc.counts) if n not in keep])
-            with torch.no_grad():
-                for name, mean in acc.means():
-                    update, new = step(opt, mean, state.get(name))
-                    if new:
-                        state[name] = new
-                    add_update(params[name], update)
+            server_step(opt, acc, state, params)
             rec["accuracy"].append(self.evaluate(model, tok))
             rec["applied"].append(list(applied))
             print(f"{recipe.text:>28} α={alpha:<4g} seed {seed} round {t}: accuracy {rec['accuracy'][-1]:.4f}",

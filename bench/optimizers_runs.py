@@ -216,12 +216,7 @@ class Study:
                 res = self.client_round(shard, t, k, spec.mu, rounds)
                 acc.accept(res.delta, res.num_samples)
                 losses.append(res.loss)
-            with torch.no_grad():
-                for name, mean in acc.means():
-                    update, new = step(opt, mean, state.get(name))
-                    if new:
-                        state[name] = new
-                    add_update(params[name], update)
+            server_step(opt, acc, state, params)
             loss, accuracy = self.evaluate()
             seconds = time.monotonic() - started
             for name, value in (("accuracy", accuracy), ("loss", loss), ("seconds", seconds)):
@@ -327,6 +322,21 @@ def sqrt_v_quantiles(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, flo
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def server_step(
+    opt: ServerOptimizer,
+    acc: FedAvgAccumulator,
+    state: dict[str, dict[str, torch.Tensor]],
+    params: dict[str, torch.nn.Parameter],
+) -> None:
+    """Apply the server optimizer's step for every tensor the round's mean carries (consumes `acc`)."""
+    with torch.no_grad():
+        for name, mean in acc.means():
+            update, new = step(opt, mean, state.get(name))
+            if new:
+                state[name] = new
+            add_update(params[name], update)
 
 
 def workload_seed(t: int, k: int, worker: str) -> int:
