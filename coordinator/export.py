@@ -72,6 +72,10 @@ def export(s: CoordinatorSettings, out: Path, version: int | None = None) -> dic
     config = fed.config or {}
     labels = list(config.get("labels") or [])
     model, tokenizer = load_model(s.model, labels, task=fed.task_kind)
+    design: dict[str, Any] = {
+        k: config[k] for k in ("ffn_width", "local_attention_layers", "local_attention_window") if k in config
+    }
+    model = s.model_copy(update=design).apply_design(model)  # the federation's shapes and windows
     lora = config.get("lora")
     spec = None
     if lora:

@@ -61,6 +61,7 @@ def open_federation(
     """Load the model, create the federation's row or find it, and bring the model to the version the
     database records (checkpointing version 0 of a new federation)."""
     model, tokenizer = load_model(s.model, labels, seed=s.seed, task=s.task)  # type: ignore[arg-type]
+    model = s.apply_design(model)  # wider layers, local attention: before the assets are written
     assets = save_assets(model, tokenizer, s.data_dir / "assets" / s.federation)
     spec = lora_spec(s, model) if s.lora_rank else None
     if spec is not None:

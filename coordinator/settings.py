@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from coordinator.privacy_settings import PrivacySettings
+from coordinator.design_settings import DesignSettings
 from strata.names import ENCODINGS, OPTIMIZERS, TASKS
 from strata.selection import POLICIES
 from strata.serde import TrainingConfig
@@ -88,10 +88,13 @@ RECORDED = (
     "lora_dropout",
     "lora_targets",
     "lora_aggregation",
+    "ffn_width",
+    "local_attention_layers",
+    "local_attention_window",
 )
 
 
-class CoordinatorSettings(PrivacySettings):
+class CoordinatorSettings(DesignSettings):
     model_config = SettingsConfigDict(env_prefix="STRATA_COORDINATOR_", extra="forbid", validate_default=True)
     toml_table = "coordinator"
 
