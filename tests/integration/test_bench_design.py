@@ -36,7 +36,7 @@ def test_each_pipeline_changes_the_text_its_own_way() -> None:
 
 
 def test_smoke_measures_divergence_and_the_gap_then_resumes(tmp_path: Path) -> None:
-    argv = ["--smoke", "--out", str(tmp_path), "--seeds", "0", "--arms", "baseline,all"]
+    argv = ["--smoke", "--out", str(tmp_path), "--seeds", "0", "--arms", "baseline,all", "--pool", "128"]
     assert design.main(argv) == 0
     stored = json.loads((tmp_path / "design-smoke.json").read_text())
     assert len(stored["fed"]) == 2 and len(stored["central"]) == 2  # plain and wide+local

@@ -31,14 +31,14 @@ def test_recipes_parse_into_their_parts_and_unknown_parts_are_refused() -> None:
 
 def test_smoke_runs_every_recipe_against_centralised_then_resumes(tmp_path: Path) -> None:
     argv = ["--smoke", "--out", str(tmp_path), "--alphas", "0.5",
-            "--recipes", "fedavg,fedavgm@1+agreement,prox@0.01+wide+local"]  # fmt: skip
+            "--recipes", "fedavg,fedavgm@1+agreement+wide+local+prox@0.01"]  # fmt: skip
     assert gap.main(argv) == 0
     stored = json.loads((tmp_path / "gap-smoke.json").read_text())
-    assert len(stored["fed"]) == 3 and len(stored["central"]) == 2  # plain and wide+local
-    targeted = next(r for r in stored["fed"].values() if r["recipe"] == "fedavgm@1+agreement")
+    assert len(stored["fed"]) == 2 and len(stored["central"]) == 2  # plain and wide+local
+    targeted = next(r for r in stored["fed"].values() if r["recipe"] != "fedavg")
     assert len(targeted["applied"][0]) > len(targeted["applied"][1])  # every block in round 1, then fewer
     report = (tmp_path / "gap-smoke.md").read_text()
-    assert "## Verdict" in report and "| prox@0.01+wide+local | 1 |" in report
+    assert "## Verdict" in report and "| fedavgm@1+agreement+wide+local+prox@0.01 | 1 |" in report
     before = (tmp_path / "gap-smoke.json").read_text()
     assert gap.main(argv) == 0
     assert (tmp_path / "gap-smoke.json").read_text() == before
