@@ -91,6 +91,14 @@ def report(stored: dict[str, Any], args: argparse.Namespace) -> str:
         "coordinator process and `strata simulate` with N virtual workers over gRPC; the coordinator evaluates "
         f"every round on {args.eval_n} test examples. Accuracy: mean of the last two rounds. Seed {args.seed}.",
         "",
+        "Models (no pretrained DistilBERT or ALBERT checkpoint is available offline, so both are made from "
+        "MiniLM-L6 with `strata adapt`): **minilm** is MiniLM-L6 itself (BERT architecture, 6 layers, 22.7M "
+        "parameters); **student** keeps MiniLM's layers 0, 2 and 4 (`--every-other-layer`, DistilBERT's "
+        "initialisation; unlike DistilBERT it keeps BERT's token-type embeddings and pooler, and it is not "
+        "distilled); **albert** is the ALBERT architecture (one transformer layer shared by all 6 depths, "
+        "`--albert`) with MiniLM's embeddings, pooler and head and the mean of its six layers as the shared "
+        "layer: a partly pretrained ALBERT, which starts weaker than a real one.",
+        "",
     ]
     for d in args.datasets:
         lines += [f"## {d} (chance: {chance(stored, d)})", ""]

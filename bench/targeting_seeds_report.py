@@ -105,13 +105,14 @@ def pair_table(
 
 
 def verdict(per_dataset: list[tuple[list[float], int]], what: str) -> str:
-    """reproduced: better in every seed everywhere; partly: better on average somewhere; else not."""
+    """reproduced: better in every seed everywhere; partly: somewhere better on average and in most seeds;
+    else not."""
     have = [(d, w) for d, w in per_dataset if d]
     if not have:
         return f"{what}: not measured yet."
     if all(w == len(d) for d, w in have) and len(have) == len(per_dataset):
         word = "**reproduced**"
-    elif any(statistics.fmean(d) > 0 for d, _ in have):
+    elif any(statistics.fmean(d) > 0 and 2 * w > len(d) for d, w in have):
         word = "**partly reproduced**"
     else:
         word = "**not reproduced**"
@@ -205,8 +206,8 @@ def report(study: Any, args: argparse.Namespace, minutes: float) -> str:
     lines += [
         "",
         f"A verdict reads **reproduced** when the targeted policy is better in every seed ({n_seeds}) of every "
-        "comparison, **partly reproduced** when it is better on average in at least one, **not reproduced** "
-        "otherwise.",
+        "comparison, **partly reproduced** when in at least one it is better on average and in most seeds, "
+        "**not reproduced** otherwise.",
         "",
         "![mean accuracy per round, band: the seeds' range](targeting-seeds"
         + ("-smoke" if args.smoke else "")
