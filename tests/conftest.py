@@ -7,10 +7,20 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine, text
+# pytest-xdist's two workers (and the coordinators, workers and benchmarks the tests start as processes)
+# share the machine's cores: one OpenMP thread each, or torch's default of one per core oversubscribes
+# them and its spinning threads made CPU-bound tests several times slower (a setting a test gives, such
+# as --torch-threads, still wins: it calls torch.set_num_threads itself)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from strata.storage.db import migrate, normalize_url
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from strata.storage.db import migrate, normalize_url  # noqa: E402
 
 POSTGRES_URL = os.environ.get("STRATA_TEST_POSTGRES_URL", "")
 
