@@ -18,9 +18,9 @@ initialisation and the local shuffles, so the seeds are independent repetitions 
 within a seed every policy sees the same data, initial model, steps and local seeds.
 
 Poisoned arms (on AG News, where the clean federation learns within the budget; SST-2 at α = 0.1 barely
-leaves the majority class in 8 rounds): worker 0 trains honestly and then sends an attack instead of its delta Δ, with no defence
-at the coordinator (the plain sample-weighted mean): `scale` sends +s·Δ (the boosted, model-replacement
-attack), `sign-flip` sends −s·Δ.
+leaves the majority class in 8 rounds): worker 0 trains honestly and then sends an attack instead of its
+delta Δ, with no defence at the coordinator (the plain sample-weighted mean): `scale` sends +s·Δ (the
+boosted, model-replacement attack), `sign-flip` sends −s·Δ.
 
 Each finished arm is stored in targeting-seeds.json (keyed by its settings) as it ends, so an interrupted
 study resumes where it stopped and a second invocation trains nothing it already has; accuracy does not
