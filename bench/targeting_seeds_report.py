@@ -12,6 +12,7 @@ from typing import Any
 from bench.common import machine, pyplot, save_figure
 
 CLEAN = "none"
+COLORS = {"full": "C0", "random": "C1", "fedtlu": "C2", "agreement": "C3"}
 
 
 def late(acc: Sequence[float]) -> float:
@@ -235,8 +236,9 @@ def plot(study: Any, args: argparse.Namespace, path: Path) -> bool:
             mean = [statistics.fmean(c[i] for c in curves) for i in xs]
             lo = [min(c[i] for c in curves) for i in xs]
             hi = [max(c[i] for c in curves) for i in xs]
-            (line,) = ax.plot(xs, mean, marker="o", ms=3, label=f"{p} ({len(runs)} seeds)")
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+            color = COLORS.get(p)  # one colour per policy in every panel
+            ax.plot(xs, mean, marker="o", ms=3, color=color, label=f"{p} ({len(runs)} seeds)")
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15)
         ax.set_title(dataset + ("" if attack == CLEAN else f", {attack} ×{args.scale:g}"), fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
