@@ -61,6 +61,13 @@ def init(requested_device: str) -> Rank:
     return r
 
 
+def finish() -> None:
+    """Leave the process group before the interpreter exits: left to static destructors, gloo's threads
+    could still be running and abort the process ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -289,12 +289,15 @@ def run(settings: WorkerSettings) -> int:
     """Run the worker; under torchrun, rank 0 is the worker and the other ranks train with it."""
     tune_malloc()
     rank = ranks.init(settings.device) if ranks.launched() else None
-    if rank is not None and not rank.leader:
-        return follow(settings, rank)
-    worker = Worker(settings, rank=rank)
     try:
-        return worker.run()
+        if rank is not None and not rank.leader:
+            return follow(settings, rank)
+        worker = Worker(settings, rank=rank)
+        try:
+            return worker.run()
+        finally:
+            if rank is not None:
+                ranks.announce_done(rank)
+            worker.close()
     finally:
-        if rank is not None:
-            ranks.announce_done(rank)
-        worker.close()
+        ranks.finish()
