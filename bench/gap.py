@@ -103,6 +103,13 @@ class Gap:
         if path.is_file():
             self.stored.update(json.loads(path.read_text()))
         self.test = sorted(wl.test, key=lambda e: len(e.text))  # batched by length: faster, same metric
+        self.splits: dict[float, Any] = {}
+
+    def split(self, alpha: float) -> Any:
+        """One α's clients, made (and checked against WORKLOAD.md) once per invocation."""
+        if alpha not in self.splits:
+            self.splits[alpha] = make_split(self.wl, alpha)
+        return self.splits[alpha]
 
     def key(self, *parts: Any) -> str:
         return "/".join(str(p) for p in parts) + f"/{self.wl.name}/r{self.args.rounds}"
@@ -131,7 +138,7 @@ class Gap:
         opt = ServerOptimizer(recipe.server, lr=recipe.lr)
         state: dict[str, dict[str, torch.Tensor]] = {}
         params = dict(model.named_parameters())
-        shards = make_split(self.wl, alpha).shards
+        shards = self.split(alpha).shards
         rec: dict[str, Any] = {
             "recipe": recipe.text,
             "alpha": alpha,
@@ -183,7 +190,7 @@ class Gap:
         if key in self.stored["central"]:
             return dict(self.stored["central"][key])
         model, tok = self.model(arch, seed)
-        pool = make_split(self.wl, self.args.alphas[0]).pool  # the union is the same for every α
+        pool = self.split(self.args.alphas[0]).pool  # the union is the same for every α
         opt = torch.optim.AdamW(model.parameters(), lr=self.wl.lr, weight_decay=0.0)
         rec: dict[str, Any] = {"arch": arch, "seed": seed, "accuracy": []}
         started = time.monotonic()

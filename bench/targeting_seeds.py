@@ -48,8 +48,6 @@ from tqdm import tqdm
 from bench.common import RESULTS, minilm_dir, save_json, write_report
 from bench.targeting import POLICIES, load_data, run_policy, split_pool
 from strata.data import Example
-from strata.layers import block_map
-from strata.modeling import load_model
 
 ATTACKS = ("scale", "sign-flip")
 CLEAN = "none"
@@ -141,9 +139,6 @@ def run_arms(args: argparse.Namespace, study: Study, source: Callable[..., Any])
             a = argparse.Namespace(**vars(args))
             a.seed, a.dataset = seed, dataset
             shards, hist = split_pool(pool, labels, a)
-            if not hasattr(a, "num_blocks"):
-                probe, _ = load_model(base, labels)
-                a.num_blocks = sum(1 for b in block_map(probe).blocks if not b.is_head)
             started = time.monotonic()
             run = run_policy(
                 policy,
