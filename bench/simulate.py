@@ -155,7 +155,8 @@ def run_one(model: Path, data: Path, labels: str, work: Path, n: int, args: argp
         sum(u.bytes for u in accepted) / max(len(accepted), 1),
         coordinator_sampler.peak_parent,
         sim_sampler.peak_total,
-        sim_sampler.peak_child or sim_sampler.peak_parent,  # one process: the host is the command itself
+        # one process: the host is the command itself (a child seen then is a passing helper, e.g. ldconfig)
+        sim_sampler.peak_parent if args.processes == 1 else sim_sampler.peak_child,
         wall,
     )
 
