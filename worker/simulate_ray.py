@@ -3,6 +3,7 @@ a local Ray started here (`pip install 'strata[ray]'`). Each task needs the pack
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,19 @@ def _host(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from worker.simulation import host_members
 
-    return host_members(settings, members, process, threads, seed, events.put)
+    return host_members(settings, members, process, threads, seed, reporter(events))
+
+
+def reporter(events: Any) -> Callable[[Any], None]:
+    """Put each Trained on the Ray queue as a tuple of builtins. The queue's actor unpickles what it
+    holds, and a Trained would make it import worker.simulation, and so torch, first: a minute on a loaded
+    machine, with every virtual worker blocked in put meanwhile, long enough for a coordinator's linger
+    to end before they hear DONE."""
+
+    def report(trained: Any) -> None:
+        events.put(dataclasses.astuple(trained))
+
+    return report
 
 
 def run_on_ray(
@@ -32,6 +45,8 @@ def run_on_ray(
         from ray.util.queue import Empty, Queue
     except ImportError:
         raise WorkerError("backend ray needs Ray: pip install 'strata[ray]'") from None
+    from worker.simulation import Trained
+
     started_here = not ray.is_initialized()
     if started_here:
         if settings.ray_address:
@@ -47,11 +62,11 @@ def run_on_ray(
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
             while True:
                 try:
-                    on_trained(events.get(block=False))
+                    on_trained(Trained(*events.get(block=False)))
                 except Empty:
                     break
         while not events.empty():
-            on_trained(events.get(block=False))
+            on_trained(Trained(*events.get(block=False)))
         trained: dict[str, int] = {}
         try:
             for result in ray.get(refs):
