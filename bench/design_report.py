@@ -122,13 +122,15 @@ def verdicts(summ: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[
             if (sp > 1 and slower <= faster) or (sp == 1 and faster > slower)
             else "**not reproduced**"
         )
-        reach = ", ".join(
-            f"seed {s}: {b['reach'].get(s) or '—'} → {r or '—'}" for s, r in a["reach"].items()
-        )
+        reach = ", ".join(f"seed {s}: {b['reach'].get(s) or '—'} → {r or '—'}" for s, r in a["reach"].items())
         lines.append(
             f"- Convergence (claim: 1.8× faster): {word}. Rounds to {100 * args.target:.0f} % accuracy, baseline "
             f"→ all knobs ({reach}; —: not within {args.rounds} rounds): "
-            + (f"{sp:.2f}× (geometric mean over the {len(ratios)} seed(s) where both got there)" if ratios else "")
+            + (
+                f"{sp:.2f}× (geometric mean over the {len(ratios)} seed(s) where both got there)"
+                if ratios
+                else ""
+            )
             + (f"; slower in {slower} seed(s) where only the baseline got there" if slower else "")
             + (f"; faster in {faster} seed(s) where only the knobs got there" if faster else "")
             + ". Rule: reproduced at 1.5× or more and never slower, partly above 1×."
