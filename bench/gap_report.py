@@ -146,6 +146,7 @@ def plot(gap: Any, args: argparse.Namespace, path: Any) -> bool:
                 mean = [statistics.fmean(r["accuracy"][i] for r in runs.values()) for i in range(args.rounds)]
                 ax.plot(range(1, args.rounds + 1), mean, marker="o", ms=3, label=recipe.text)
         ax.set_title(f"α = {alpha:g}")
+        ax.set_xticks(range(1, args.rounds + 1))
         ax.set_xlabel("round (centralised: epoch)")
         ax.set_ylabel("test accuracy")
     save_figure(fig, path, axes[0])
