@@ -139,12 +139,15 @@ def plot(gap: Any, args: argparse.Namespace, path: Any) -> bool:
         if cen:
             xs = list(range(1, args.rounds + 1))
             mean = [statistics.fmean(r["accuracy"][i] for r in cen.values()) for i in range(args.rounds)]
-            ax.plot(xs, mean, "k--", label="centralised (plain)")
+            ax.plot(
+                xs, mean, "k--", label=f"centralised (plain, {len(cen)} seed{'s' if len(cen) > 1 else ''})"
+            )
         for recipe in args.recipe_list:
             runs = fed(gap, recipe, alpha)
             if runs:
                 mean = [statistics.fmean(r["accuracy"][i] for r in runs.values()) for i in range(args.rounds)]
-                ax.plot(range(1, args.rounds + 1), mean, marker="o", ms=3, label=recipe.text)
+                seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+                ax.plot(range(1, args.rounds + 1), mean, marker="o", ms=3, label=f"{recipe.text} ({seeds})")
         ax.set_title(f"α = {alpha:g}")
         ax.set_xticks(range(1, args.rounds + 1))
         ax.set_xlabel("round (centralised: epoch)")
