@@ -59,7 +59,24 @@ class Downloads:
         kind, updates = self.plan(req, version)
         paths = [self.versions.update(v) for v in updates]
         if kind == pb.ModelHeader.SNAPSHOT:
-            paths = [await self.snapshot_file(version)]
+            paths = [self.versions.snapshot(version)]
+        with self.versions.pinned(paths):  # a version published meanwhile must not prune what this streams
+            async for chunk in self._send(req, kind, version, h, files, updates, paths):
+                yield chunk
+
+    async def _send(
+        self,
+        req: pb.PullRequest,
+        kind: int,
+        version: int,
+        h: str,
+        files: list[tuple[str, bytes]],
+        updates: list[int],
+        paths: list[Path],
+    ) -> AsyncIterator[pb.ModelChunk]:
+        gm = self.gm
+        if kind == pb.ModelHeader.SNAPSHOT:
+            await self.snapshot_file(version)
         counts = [self.versions.count(p) for p in paths]
         yield pb.ModelChunk(
             header=pb.ModelHeader(

@@ -8,7 +8,10 @@ workers pulling.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from coordinator import framefile
@@ -51,6 +54,21 @@ class VersionFiles:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self._counts: dict[tuple[Path, int], int] = {}
+        self._pins: Counter[Path] = Counter()  # files a download is streaming: prune leaves them
+        self._pin_lock = threading.Lock()
+
+    @contextmanager
+    def pinned(self, paths: list[Path]) -> Iterator[None]:
+        """Keep these files from `prune` while a download streams them (a new version may be published
+        meanwhile, and the stream must still read the version it announced)."""
+        with self._pin_lock:
+            self._pins.update(paths)
+        try:
+            yield
+        finally:
+            with self._pin_lock:
+                self._pins.subtract(paths)
+                self._pins = +self._pins
 
     def count(self, path: Path) -> int:
         """Frames in a file, read once per version of the file (every pull needs it for its header)."""
@@ -67,9 +85,11 @@ class VersionFiles:
 
     def prune(self, current: int, history: int) -> None:
         """Keep the snapshot of the current version only, and the updates that made the last `history` versions."""
+        with self._pin_lock:
+            pinned = set(self._pins)
         for p in self.dir.glob("*.frames"):
             kind, _, v = p.stem.partition("-v")
-            if not v.isdigit():
+            if not v.isdigit() or p in pinned:
                 continue
             if (kind == "snapshot" and int(v) < current) or (
                 kind == "update" and int(v) <= current - history

@@ -305,7 +305,8 @@ def test_a_member_whose_token_the_parent_revoked_is_no_longer_served(
     from strata.storage.db import session_factory
 
     db = f"sqlite:///{tmp_path / 'world.db'}"
-    parent = world(tmp_path, db, tiny_model, rounds=3, worker_tokens=[], control_poll_seconds=0.5)
+    # rounds enough that the revocation lands before the federation could end by itself
+    parent = world(tmp_path, db, tiny_model, rounds=30, worker_tokens=[], control_poll_seconds=0.5)
     store = Store(db)
     with session_factory(store.engine)() as s:
         issued = writes.issue_token(s, "world", "sub-a")
