@@ -37,10 +37,6 @@ def speed_up(base: int | None, arm: int | None) -> float | str | None:
     return "faster" if arm else "slower" if base else None
 
 
-def geomean(values: Sequence[float]) -> float:
-    return statistics.geometric_mean(values) if values else float("nan")
-
-
 def speed_cell(speed: dict[int, float | str | None]) -> str:
     return ", ".join(f"{v:.2f}×" if isinstance(v, float) else v or "—" for v in speed.values())
 
@@ -114,7 +110,7 @@ def verdicts(summ: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[
     slower = sum(v == "slower" for v in a["speed"].values())
     faster = sum(v == "faster" for v in a["speed"].values())
     if ratios or slower or faster:
-        sp = geomean(ratios) if ratios else 1.0
+        sp = statistics.geometric_mean(ratios) if ratios else 1.0
         word = (
             "**reproduced**"
             if sp >= 1.5 and not slower
