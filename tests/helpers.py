@@ -8,11 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from coordinator.server import CoordinatorServer
 from coordinator.settings import CoordinatorSettings
+from dashboard_api.server import build_server
 from strata import synthetic
 from strata.data import write_examples, write_labels
 from strata.modeling import make_tiny_model_dir
@@ -68,6 +71,28 @@ class ServedCoordinator:
             raise TimeoutError("the federation did not finish in time")
         if self.error is not None:
             raise self.error
+
+
+@contextmanager
+def served_dashboard(
+    database_url: str, read_token: str | None = None, admin_key: str | None = None
+) -> Iterator[str]:
+    """The dashboard on `database_url` over HTTP on 127.0.0.1:0, in a thread: its base URL (ends with /)."""
+    server = build_server(
+        database_url, "127.0.0.1", 0, 3600.0, log_level="warning", read_token=read_token, admin_key=admin_key
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the dashboard did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def coordinator_settings(

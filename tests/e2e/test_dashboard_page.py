@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from dashboard_api.server import build_server
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
+from tests.helpers import served_dashboard
 from tests.tree_federation import BETA, SUBS, TAU, build_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,33 +33,9 @@ if not have_browser and os.environ.get("STRATA_TEST_BROWSER") != "1":
 webdriver = pytest.importorskip("selenium.webdriver")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def served(database_url: str) -> Iterator[str]:
-    """The dashboard on `database_url` over HTTP, in a thread: its base URL."""
-    port = _free_port()
-    server = build_server(database_url, "127.0.0.1", port, online_seconds=3600.0, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "dashboard did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def page_url(federation_db: str) -> Iterator[str]:
-    with served(federation_db) as url:
+    with served_dashboard(federation_db) as url:
         yield f"{url}?federation=demo"
 
 
@@ -152,7 +124,7 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
 
     tree = build_tree(tmp_path, f"sqlite:///{tmp_path / 'world.db'}", tiny_model)
 
-    with served(tree.parent_url) as url:
+    with served_dashboard(tree.parent_url) as url:
         _load(browser, f"{url}?federation=world")
         rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr.federation")
         assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == [
@@ -177,7 +149,7 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         assert chart.get_attribute("data-rendered") == "4"  # 2 blocks x 2 members
         assert not browser.find_element(By.ID, "parent").is_displayed()
         assert browser.save_screenshot(str(tmp_path / "tree-parent.png"))
-    with served(tree.sub_urls["sub-a"]) as url:
+    with served_dashboard(tree.sub_urls["sub-a"]) as url:
         _load(browser, f"{url}?federation=sub-a")
         assert browser.find_element(By.ID, "parent").is_displayed()
         assert "member of the federation at 127.0.0.1:" in browser.find_element(By.ID, "parent-line").text
@@ -221,7 +193,7 @@ def test_the_page_shows_a_private_federations_budget(browser, tmp_path: Path, ti
         for w in workers:
             w.close()
     coord.wait()
-    with served(url) as base:
+    with served_dashboard(url) as base:
         _load(browser, f"{base}?federation=test")
         assert browser.find_element(By.ID, "privacy").is_displayed()
         line = browser.find_element(By.ID, "privacy-line").text

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -15,14 +13,13 @@ from fastapi.testclient import TestClient
 
 from coordinator.store import Store
 from dashboard_api.app import create_app
-from dashboard_api.server import build_server
 from strata import synthetic
 from strata.member.upload import update_chunks
 from strata.modeling import global_tensors, load_model
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.serde import task_from_proto
 from strata.storage.db import migrate
-from tests.helpers import ServedCoordinator, coordinator_settings, wait_until
+from tests.helpers import ServedCoordinator, coordinator_settings, served_dashboard, wait_until
 from tests.integration.test_bad_input import Client, result
 
 READ, ADMIN = "read-token-abcdefgh", "admin-key-abcdefgh"
@@ -150,21 +147,13 @@ def test_issued_tokens_pause_resume_revoke_and_stop_reach_the_coordinator(
 def test_strata_admin_cli(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     migrate(db)
-    server = build_server(db, "127.0.0.1", 0, online_seconds=30, log_level="warning", admin_key=ADMIN)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    base = [sys.executable, "-m", "strata.cli", "admin", "--api", f"http://127.0.0.1:{port}"]
+    with served_dashboard(db, admin_key=ADMIN) as url:
+        base = [sys.executable, "-m", "strata.cli", "admin", "--api", url]
 
-    def run(*args: str, key: str | None = ADMIN) -> subprocess.CompletedProcess[str]:
-        env_key = ["--admin-key", key] if key else []
-        return subprocess.run([*base, *env_key, *args], capture_output=True, text=True, timeout=60)
+        def run(*args: str, key: str | None = ADMIN) -> subprocess.CompletedProcess[str]:
+            env_key = ["--admin-key", key] if key else []
+            return subprocess.run([*base, *env_key, *args], capture_output=True, text=True, timeout=60)
 
-    try:
         assert "created" in run("create", "cli-fed", "--rounds", "2").stdout
         issued = run("token", "issue", "cli-fed", "org-a")
         assert issued.returncode == 0 and "strata_" in issued.stdout
@@ -178,6 +167,3 @@ def test_strata_admin_cli(tmp_path: Path) -> None:
         missing = run("pause", "cli-fed", key=None)
         assert missing.returncode == 2 and "admin key" in missing.stderr
         assert run("stop", "nope").returncode == 1
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
