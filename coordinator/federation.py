@@ -31,6 +31,7 @@ from coordinator.sessions import Session, Sessions
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import Store
 from coordinator.subfederation import ParentLink, serve_parent
+from coordinator.tracking import FederationTracking
 from coordinator.upload import Uploads, check_rank
 from coordinator.versions import VersionFiles
 from strata import failpoints
@@ -70,7 +71,6 @@ class Federation:
         self.rng = random.Random(s.seed)
         self.privacy: Privacy | None = None  # a private federation's sampling, mechanism and budget
         self.training = s.training()
-        self.told_done: set[str] = set()
         self.metrics = CoordinatorMetrics(s.federation)
         self.link: ParentLink | None = None  # set when this federation is a member of a parent
         self.base: BaseFiles | None = None  # a LoRA federation serves its base model
@@ -97,6 +97,7 @@ class Federation:
         self.metrics.version.labels(s.federation).set(gm.version)
         recovery.restore_state(self.store, self.fed_id, gm, self.ckpt_dir, self.versions, self.optimizer)
         self.targeting.restore(self.store.block_outcomes(self.fed_id))
+        self.tracking = FederationTracking(s, self.store, self.fed_id, self.causal) if s.tracking else None
         self.round_number = self.store.last_round_number(self.fed_id)
         self.completed = self.store.completed_rounds(self.fed_id)
         self.done = self.completed >= s.rounds and not s.parent  # a member: done when its parent is
@@ -214,7 +215,7 @@ class Federation:
             while True:
                 sess.last_seen = time.monotonic()
                 if self.done:
-                    self.told_done.add(sess.uid)
+                    self.sessions.told_done.add(sess.uid)
                     return pb.Task(kind=pb.Task.DONE, total_rounds=self.s.rounds)
                 r = self.current
                 if r is not None and r.wants_update_from(sess.uid):
@@ -250,6 +251,8 @@ class Federation:
     async def run(self) -> None:
         """Run rounds until `rounds` have completed, then linger so workers hear DONE."""
         background = [asyncio.create_task(self.sessions.beat()), asyncio.create_task(self.control.watch())]
+        background += self.tracking.start() if self.tracking else []  # MLflow and TensorBoard
+        ended: str | None = None
         try:
             if self.link is not None:
                 await serve_parent(self, self.link)
@@ -260,13 +263,17 @@ class Federation:
                 await self.serve_one_round()
             end = FederationState.STOPPED if self.control.stopped else FederationState.COMPLETED
             await asyncio.to_thread(self.store.update_federation, self.fed_id, state=end.value)
+            ended = end.value
             how = "stopped by an administrator after" if self.control.stopped else "completed"
             log.info("federation %s %s %d rounds", self.s.federation, how, self.completed)
             await self._notify()
-            await self._linger()
+            if self.s.exit_when_done:
+                await self.sessions.linger(self.s.linger_seconds)
         finally:
             for task in background:
                 task.cancel()
+            if self.tracking is not None:  # shielded: a cancelled serve still logs its last round
+                await asyncio.shield(self.tracking.close(ended))
             await asyncio.to_thread(self.sessions.heartbeats)
 
     async def serve_one_round(self) -> bool:
@@ -386,11 +393,5 @@ class Federation:
     def _count_round(self, state: RoundState, started: float) -> None:
         self.metrics.rounds.labels(self.s.federation, state.value).inc()
         self.metrics.round_seconds.labels(self.s.federation).observe(time.monotonic() - started)
-
-    async def _linger(self) -> None:
-        if not self.s.exit_when_done:
-            return
-        end = time.monotonic() + self.s.linger_seconds  # every worker it knows, joined since a restart or not
-        known = {w.uid for w in await asyncio.to_thread(self.store.workers, self.fed_id)}
-        while time.monotonic() < end and not (known | set(self.sessions.by_uid)) <= self.told_done:
-            await asyncio.sleep(0.1)
+        if self.tracking is not None:
+            self.tracking.poke()

@@ -43,6 +43,7 @@ class Sessions:
         self.issued: set[str] = set()  # hashes of the valid tokens issued through the dashboard API
         self.worker_timeout = worker_timeout
         self.by_uid: dict[str, Session] = {}
+        self.told_done: set[str] = set()  # the workers that have heard DONE
 
     def authorise(self, token: str) -> bool:
         """A token from the settings, or one issued through the dashboard API and not revoked."""
@@ -121,6 +122,14 @@ class Sessions:
         while True:
             await asyncio.sleep(every)
             await asyncio.to_thread(self.heartbeats)
+
+    async def linger(self, seconds: float) -> None:
+        """Wait up to `seconds` until every worker the federation knows, joined since a restart or not, has
+        heard DONE."""
+        end = time.monotonic() + seconds
+        known = {w.uid for w in await asyncio.to_thread(self.store.workers, self.fed_id)}
+        while time.monotonic() < end and not (known | set(self.by_uid)) <= self.told_done:
+            await asyncio.sleep(0.1)
 
     def heartbeats(self) -> None:
         """Record when each worker was last seen (a missed write must not stop the federation)."""

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from strata.storage.db import make_engine, session_factory
 from strata.storage.models import (
@@ -243,6 +243,24 @@ class Store:
             return list(
                 s.scalars(select(Round).where(Round.federation_id == federation_id).order_by(Round.number))
             )
+
+    def finished_rounds(self, federation_id: int, after: int) -> list[Round]:
+        """Rounds numbered above `after` that completed or failed, up to the first one still open, with
+        their block outcomes loaded: what experiment tracking logs next."""
+        with self.sessions() as s:
+            rows = s.scalars(
+                select(Round)
+                .options(selectinload(Round.block_outcomes))
+                .where(Round.federation_id == federation_id, Round.number > after)
+                .order_by(Round.number)
+            )
+            done = {RoundState.COMPLETED.value, RoundState.FAILED.value}
+            out: list[Round] = []
+            for r in rows:
+                if r.state not in done:
+                    break
+                out.append(r)
+            return out
 
     def round_row(self, round_id: int) -> Round:
         with self.sessions() as s:

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from strata.settings import StrataSettings
+from strata.tracking import TrackingSettings
 
 
-class TrafficSettings(StrataSettings):
+class TrafficSettings(TrackingSettings):
     """Fields shared by CoordinatorSettings; see the module docstring."""
+
+    track_model: bool = Field(
+        False,
+        description="With experiment tracking: log the final model (the `strata export` folders) as an MLflow "
+        "artifact when the federation completes",
+    )
 
     rate_limit: float = Field(
         20.0, ge=0, description="Requests per second each worker token may make on average (0: no limit)"

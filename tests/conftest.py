@@ -96,13 +96,7 @@ def three_layer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def federation_db(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> str:
     """The SQLite database of a finished real federation "demo": 3 workers, 4 rounds, policy agreement with
     k = 1, so it holds targeted blocks, scores and layer-wise divergence."""
-    from tests.helpers import (
-        ServedCoordinator,
-        coordinator_settings,
-        make_worker_data,
-        make_workers,
-        run_to_done,
-    )
+    from tests.helpers import coordinator_settings, make_worker_data, run_federation
 
     tmp = tmp_path_factory.mktemp("federation-db")
     db = f"sqlite:///{tmp / 'demo.db'}"
@@ -117,12 +111,5 @@ def federation_db(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
         probe_every=0,
         eval_data=make_worker_data(tmp / "eval", 1, per_worker=80)[0] / "train.jsonl",
     )
-    coord = ServedCoordinator(settings)
-    workers = make_workers(coord.address, make_worker_data(tmp / "data", 3), tmp)
-    try:
-        run_to_done(workers)
-    finally:
-        for w in workers:
-            w.close()
-    coord.wait()
+    run_federation(settings, tmp)
     return db

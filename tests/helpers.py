@@ -278,6 +278,20 @@ def run_to_done(workers: list[Any], timeout: float = 240) -> None:
         raise errors[0]
 
 
+def run_federation(
+    settings: CoordinatorSettings, tmp_path: Path, workers: int = 3, extra: dict[str, Any] | None = None
+) -> None:
+    """Serve a coordinator with `settings` and run `workers` test workers (make_worker_data) to the end."""
+    coord = ServedCoordinator(settings)
+    running = make_workers(coord.address, make_worker_data(tmp_path / "data", workers), tmp_path, extra=extra)
+    try:
+        run_to_done(running)
+    finally:
+        for w in running:
+            w.close()
+    coord.wait()
+
+
 def run_recording(address: str, tmp_path: Path) -> dict[str, list[tuple[Any, Any]]]:
     """Run three workers to the end; per worker name, every (task, result) it sent."""
     sent: dict[str, list[tuple[Any, Any]]] = {f"org-{k + 1}": [] for k in range(3)}

@@ -25,6 +25,7 @@ from worker.large_models import adapted_replica, load_options
 from worker.local_data import LocalData, check_labels, load_local_data
 from worker.local_dp import LocalDPConfig
 from worker.settings import WorkerSettings
+from worker.tracking import WorkerTracking
 from worker.trainer import train_round
 
 # tests and benches that build updates by hand take these from here
@@ -63,6 +64,7 @@ class Worker:
         self.local_labels: list[str] | None = None
         self.pending: Pending | None = None  # a trained update not yet delivered
         self.spec: LoraSpec | None = None  # a LoRA federation's adapter
+        self.tracking: WorkerTracking | None = None  # MLflow and TensorBoard, when configured
 
     @property
     def assets(self) -> Path:
@@ -82,6 +84,8 @@ class Worker:
         self.federation = reply.federation
         self.residual_path = self.s.cache_dir / reply.federation / f"{self.s.name}-residual.safetensors"
         self.adapter(reply)
+        if self.s.tracking and self.tracking is None:
+            self.tracking = WorkerTracking(self.s, reply.federation)
         log.info(
             "%s joined federation %s: %d training / %d held-out examples on %s",
             self.s.name,
@@ -171,6 +175,8 @@ class Worker:
                 task_msg = self.client.get_task(self.worker_id, self.s.poll_seconds)
                 if task_msg.kind == pb.Task.DONE:
                     log.info("%s: federation finished after %d round(s) here", self.s.name, self.rounds_done)
+                    if self.tracking is not None:
+                        self.tracking.done()
                     return self.rounds_done
                 if task_msg.kind == pb.Task.TRAIN:
                     self.run_round(_task(task_msg))
@@ -231,11 +237,14 @@ class Worker:
     def deliver(self) -> None:
         """Send the pending update (`upload.deliver`). It stays pending if the coordinator forgot this
         worker: NOT_FOUND reaches run(), which joins again and calls this again."""
-        assert self.pending is not None
-        delivered = deliver(self.client, self.worker_id, self.pending, self.residual_path)
+        pending = self.pending
+        assert pending is not None
+        delivered = deliver(self.client, self.worker_id, pending, self.residual_path)
         self.pending = None
         if delivered:
             self.rounds_done += 1
+            if self.tracking is not None:
+                self.tracking.delivered(pending)
 
     def evaluate_version(self, task: RoundTask, replica: Replica) -> None:
         """Evaluate the pulled version on the local held-out split, once per version, and report it."""
@@ -251,6 +260,8 @@ class Worker:
             device=replica.device,
         )
         self.evaluated.add(self.copy.version)
+        if self.tracking is not None:
+            self.tracking.local_eval = (loss, acc)
         self.client.report(
             pb.MetricsReport(
                 worker_id=self.worker_id,

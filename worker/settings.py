@@ -8,10 +8,10 @@ import grpc
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from strata.settings import StrataSettings
+from strata.tracking import TrackingSettings
 
 
-class WorkerSettings(StrataSettings):
+class WorkerSettings(TrackingSettings):
     model_config = SettingsConfigDict(env_prefix="STRATA_WORKER_", extra="forbid", validate_default=True)
     toml_table = "worker"
 
