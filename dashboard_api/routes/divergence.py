@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from dashboard_api import queries
+from dashboard_api.alignment import AlignmentMatrix, alignment_matrix
 from dashboard_api.deps import MAX_INT, FederationDep, RoundNumber, SessionDep
 from dashboard_api.divergence_schemas import BlockMatrix, BlockMetric, RoundDivergenceOut
 from dashboard_api.errors import NOT_FOUND, UNAVAILABLE
@@ -58,3 +59,28 @@ def get_block_matrix(
     if last is not None and last < first:
         raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
     return queries.block_matrix(session, federation, metric, first, last, offset, limit)
+
+
+@router.get(
+    "/federations/{name}/alignment",
+    response_model=AlignmentMatrix,
+    responses={**NOT_FOUND, 422: {"model": ErrorOut, "description": "Bad range or paging."}},
+    summary="Worker × round alignment",
+    tags=["divergence"],
+)
+def get_alignment(
+    federation: FederationDep,
+    session: SessionDep,
+    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
+    last: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Measured rounds of the range to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
+) -> AlignmentMatrix:
+    """Each worker's whole update against the round's mean, per completed round with measured divergence:
+    its norm ‖Δ_k‖ and cosine to the mean update (combined exactly from the per-block alignments)."""
+    if last is not None and last < first:
+        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    return alignment_matrix(session, federation, first, last, offset, limit)
