@@ -1,7 +1,7 @@
 """The federation page in headless Chromium (Debian's chromium and chromium-driver, driven by selenium):
 served by the real dashboard app over HTTP on a real federation's database, it loads, draws its charts
-and the workers table, and a screenshot is taken (to docs/dashboard.png with
-STRATA_DASHBOARD_SCREENSHOT=docs/dashboard.png).
+and the workers table, and a screenshot is taken (the README's picture comes from a federation that
+learns: scripts/dashboard_screenshot.py).
 
 `.ci/run` installs chromium and sets STRATA_TEST_BROWSER=1, which turns a missing browser into a failure;
 elsewhere the test is skipped without one.
@@ -9,8 +9,6 @@ elsewhere the test is skipped without one.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,50 +17,18 @@ import pytest
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
+from tests.e2e.browser import chromium, load, require_browser
 from tests.helpers import served_dashboard
 from tests.tree_federation import BETA, SUBS, TAU, build_tree
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-have_browser = Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()
-if not have_browser and os.environ.get("STRATA_TEST_BROWSER") != "1":
-    pytest.skip(
-        "no chromium/chromedriver here (apt-get install chromium chromium-driver)", allow_module_level=True
-    )
-webdriver = pytest.importorskip("selenium.webdriver")
+require_browser()
+browser = pytest.fixture(chromium)
 
 
 @pytest.fixture
 def page_url(federation_db: str) -> Iterator[str]:
     with served_dashboard(federation_db) as url:
         yield f"{url}?federation=demo"
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1400",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_page_renders_a_real_federation(page_url: str, browser, tiny_model: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -97,24 +63,8 @@ def test_the_page_renders_a_real_federation(page_url: str, browser, tiny_model: 
     assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")  # plain workers, no tree
     assert not browser.find_element(By.ID, "key-blocks").is_displayed()
     assert not browser.find_element(By.ID, "parent").is_displayed()
-    # STRATA_DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the picture the docs show; a plain run
-    # leaves the tracked file alone
-    shot = Path(os.environ.get("STRATA_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
-    if not shot.is_absolute():
-        shot = ROOT / shot
+    shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-
-
-def _load(browser, url: str) -> None:  # type: ignore[no-untyped-def]
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(url)
-    WebDriverWait(browser, 30).until(
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1"
-    )
-    error = browser.find_element(By.ID, "error")
-    assert error.get_attribute("hidden") is not None, error.text
 
 
 def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
@@ -125,7 +75,7 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
     tree = build_tree(tmp_path, f"sqlite:///{tmp_path / 'world.db'}", tiny_model)
 
     with served_dashboard(tree.parent_url) as url:
-        _load(browser, f"{url}?federation=world")
+        load(browser, f"{url}?federation=world")
         rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr.federation")
         assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == [
             f"{name} federation · 2 workers · 1 inner round" for name in SUBS
@@ -150,7 +100,7 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         assert not browser.find_element(By.ID, "parent").is_displayed()
         assert browser.save_screenshot(str(tmp_path / "tree-parent.png"))
     with served_dashboard(tree.sub_urls["sub-a"]) as url:
-        _load(browser, f"{url}?federation=sub-a")
+        load(browser, f"{url}?federation=sub-a")
         assert browser.find_element(By.ID, "parent").is_displayed()
         assert "member of the federation at 127.0.0.1:" in browser.find_element(By.ID, "parent-line").text
         served_rounds = [
@@ -170,35 +120,24 @@ def test_the_page_shows_a_private_federations_budget(browser, tmp_path: Path, ti
     per round, and each worker's local ε."""
     from selenium.webdriver.common.by import By
 
-    from tests.helpers import (
-        ServedCoordinator,
-        coordinator_settings,
-        make_worker_data,
-        make_workers,
-        run_to_done,
-    )
+    from tests.helpers import coordinator_settings, run_federation
 
     url = f"sqlite:///{tmp_path / 'private.db'}"
     settings = coordinator_settings(
         tmp_path, url, tiny_model, rounds=2, min_updates=1, dp=True, dp_noise_multiplier=2.0,
         dp_target_epsilon=20.0, dp_adaptive_clip=True,
     )  # fmt: skip
-    coord = ServedCoordinator(settings)
-    workers = make_workers(
-        coord.address, make_worker_data(tmp_path / "data", 3), tmp_path, extra=dict(local_dp=True)
-    )
-    try:
-        run_to_done(workers)
-    finally:
-        for w in workers:
-            w.close()
-    coord.wait()
+    run_federation(settings, tmp_path, extra=dict(local_dp=True))
     with served_dashboard(url) as base:
-        _load(browser, f"{base}?federation=test")
+        load(browser, f"{base}?federation=test")
         assert browser.find_element(By.ID, "privacy").is_displayed()
         line = browser.find_element(By.ID, "privacy-line").text
         assert "ε spent" in line and "of the budget 20.000" in line and "adaptive clipping" in line
-        assert browser.find_element(By.ID, "chart-privacy").get_attribute("data-rendered") == "4"
+        chart = browser.find_element(By.ID, "chart-privacy")
+        assert chart.get_attribute("data-rendered") == "4"
+        target = chart.find_elements(By.CSS_SELECTOR, "text.ref-label")  # the budget, drawn against ε
+        assert [t.text for t in target] == ["target ε 20.000"]
+        assert len(chart.find_elements(By.CSS_SELECTOR, "line.ref")) == 1
         assert "ε spent" in browser.find_element(By.ID, "status").text
         badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#workers .badge")]
         assert len(badges) == 3 and all(b.startswith("local DP-SGD ε ") for b in badges)
