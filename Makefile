@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/strata demo
 
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check .

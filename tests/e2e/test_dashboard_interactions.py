@@ -1,16 +1,14 @@
 """The federation page's interactions in headless Chromium, on a real federation's database: the value box
 on hover over every chart, axes that stay readable when a series is flat, the blocks chart by another
-metric, the per-worker alignment, a round's detail opened by a click (and by its link), and a member
-federation linked to its own page. Skipped like tests/e2e/test_dashboard_page.py without a browser."""
+metric, the per-worker alignment, a round's detail opened by a click (and by its link). Skipped like
+tests/e2e/test_dashboard_page.py without a browser."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from coordinator.store import Store
 from tests.e2e.browser import chromium, load, require_browser
 from tests.helpers import served_dashboard
 
@@ -108,29 +106,3 @@ def test_hover_flat_axes_metrics_alignment_and_round_detail(
         WebDriverWait(browser, 10).until(
             lambda d: d.find_element(*by("#round-detail")).get_attribute("data-round") == "4"
         )
-
-
-def test_a_member_federation_links_to_its_own_page(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
-    """The tree of tests/tree_federation.py keeps each sub-federation's database apart; a database that also
-    holds a member federation (PostgreSQL, or a copy here) links it."""
-    from tests.tree_federation import SUBS, build_tree
-
-    tree = build_tree(tmp_path, f"sqlite:///{tmp_path / 'world.db'}", tiny_model)
-    with served_dashboard(tree.parent_url) as base:
-        load(browser, f"{base}?federation=world")
-        assert not browser.find_elements(*by("#workers a.member-link"))  # not known here
-    both = tmp_path / "both.db"
-    shutil.copy(tree.parent_url.removeprefix("sqlite:///"), both)
-    store = Store(f"sqlite:///{both}")
-    store.get_or_create_federation(SUBS[0])
-    store.close()
-    with served_dashboard(f"sqlite:///{both}") as base:
-        load(browser, f"{base}?federation=world")
-        links = browser.find_elements(*by("#workers a.member-link"))
-        assert [a.text for a in links] == [SUBS[0]]
-        links[0].click()
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(browser, 10).until(lambda d: f"federation={SUBS[0]}" in d.current_url)
-        load(browser, browser.current_url)
-        assert browser.find_element(*by("#federation")).get_attribute("value") == SUBS[0]

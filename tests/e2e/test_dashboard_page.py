@@ -9,11 +9,13 @@ elsewhere the test is skipped without one.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from coordinator.store import Store
 from strata import synthetic
 from strata.layers import block_map
 from strata.modeling import load_model
@@ -69,8 +71,10 @@ def test_the_page_renders_a_real_federation(page_url: str, browser, tiny_model: 
 
 def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
     """A parent with member federations: the federation badges, their reported metric and the key blocks;
-    a sub-federation: its parent and the parent rounds it served (tests/tree_federation.py)."""
+    a sub-federation: its parent and the parent rounds it served (tests/tree_federation.py); a member
+    federation the dashboard's database also holds links to its page."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     tree = build_tree(tmp_path, f"sqlite:///{tmp_path / 'world.db'}", tiny_model)
 
@@ -113,6 +117,31 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         ]
         assert not browser.find_element(By.ID, "key-blocks").is_displayed()
         assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")
+    # each sub-federation keeps its own SQLite database, so the parent's page cannot link them; a database
+    # that also holds a member federation (PostgreSQL, where a tree shares one; a copy here) links it
+    assert not links_on(browser, tree.parent_url)
+    both = tmp_path / "both.db"
+    shutil.copy(tree.parent_url.removeprefix("sqlite:///"), both)
+    store = Store(f"sqlite:///{both}")
+    store.get_or_create_federation(SUBS[0])
+    store.close()
+    with served_dashboard(f"sqlite:///{both}") as url:
+        load(browser, f"{url}?federation=world")
+        links = browser.find_elements(By.CSS_SELECTOR, "#workers a.member-link")
+        assert [a.text for a in links] == [SUBS[0]]
+        links[0].click()
+        WebDriverWait(browser, 10).until(lambda d: f"federation={SUBS[0]}" in d.current_url)
+        load(browser, browser.current_url)
+        assert browser.find_element(By.ID, "federation").get_attribute("value") == SUBS[0]
+
+
+def links_on(browser, db: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The member-federation links on the world federation's page served from `db`."""
+    from selenium.webdriver.common.by import By
+
+    with served_dashboard(db) as url:
+        load(browser, f"{url}?federation=world")
+        return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#workers a.member-link")]
 
 
 def test_the_page_shows_a_private_federations_budget(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
