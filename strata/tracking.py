@@ -132,18 +132,12 @@ class MlflowSink:
     def params(self, values: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
+        # MLflow params are immutable: those a continued run holds already stay as they are
         new = {k: v[:PARAM_CHARS] for k, v in values.items() if k not in self.logged_params}
-        changed = sorted(
-            k
-            for k, v in values.items()
-            if k in self.logged_params and self.logged_params[k] != v[:PARAM_CHARS]
-        )
-        if changed:  # MLflow params are immutable: a restart with other settings says so in a tag
-            self.client.set_tag(self.run_id, "strata.changed_on_restart", ",".join(changed)[:5000])
         items = [Param(k, v) for k, v in sorted(new.items())]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
-        self.logged_params.update(new)
+            self.logged_params.update((p.key, p.value) for p in items[i : i + 100])
 
     def metrics(self, step: int, values: Mapping[str, float], wall: float) -> None:
         from mlflow.entities import Metric
