@@ -490,6 +490,7 @@ def test_openapi_and_docs(client: TestClient) -> None:
         f"{API}/federations/{{name}}/rounds/{{number}}/blocks",
         f"{API}/federations/{{name}}/rounds/{{number}}/divergence",
         f"{API}/federations/{{name}}/blocks",
+        f"{API}/federations/{{name}}/alignment",
         f"{API}/federations/{{name}}/rounds/{{number}}/key-weights",
         f"{API}/federations/{{name}}/key-weights",
         f"{API}/federations/{{name}}/parent-rounds",
