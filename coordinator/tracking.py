@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordinator.store import Store
+from strata.modeling import perplexity
 from strata.storage.models import Round, RoundBlock, RoundState
 from strata.tracking import Tracker, flatten
 
@@ -69,7 +69,7 @@ def round_metrics(r: Round, blocks: Iterable[RoundBlock], causal: bool = False) 
     if r.raw_bytes_up and r.bytes_up:
         out["bytes/up_ratio"] = r.raw_bytes_up / r.bytes_up
     if causal and r.test_loss is not None:
-        out["test/perplexity"] = _exp(r.test_loss)
+        out["test/perplexity"] = perplexity(r.test_loss)
     for b in blocks:
         for name, col in BLOCK_FIELDS.items():
             value = getattr(b, col)
@@ -78,10 +78,6 @@ def round_metrics(r: Round, blocks: Iterable[RoundBlock], causal: bool = False) 
         out[f"trained/{b.block}"] = float(b.trained)
         out[f"applied/{b.block}"] = float(b.applied)
     return out
-
-
-def _exp(x: float) -> float:
-    return math.exp(min(x, 700.0))
 
 
 class FederationTracking:

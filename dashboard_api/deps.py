@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from dashboard_api import queries
@@ -15,6 +15,16 @@ from dashboard_api.queries import FederationRef
 
 MAX_INT = 2**31 - 1  # ids, round numbers and offsets are 32-bit columns: beyond, a precise 422, not a 500
 RoundNumber = Annotated[int, Path(ge=1, le=MAX_INT, description="Round number.")]
+FirstRound = Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")]
+LastRound = Annotated[
+    int | None, Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest).")
+]
+
+
+def check_range(first: int, last: int | None) -> None:
+    """A range of rounds whose last comes before its first: a precise 422."""
+    if last is not None and last < first:
+        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from dashboard_api import queries
 from dashboard_api.alignment import AlignmentMatrix, alignment_matrix
-from dashboard_api.deps import MAX_INT, FederationDep, RoundNumber, SessionDep
+from dashboard_api.deps import (
+    MAX_INT,
+    FederationDep,
+    FirstRound,
+    LastRound,
+    RoundNumber,
+    SessionDep,
+    check_range,
+)
 from dashboard_api.divergence_schemas import BlockMatrix, BlockMetric, RoundDivergenceOut
 from dashboard_api.errors import NOT_FOUND, UNAVAILABLE
 from dashboard_api.routes import API
@@ -46,18 +54,14 @@ def get_block_matrix(
     federation: FederationDep,
     session: SessionDep,
     metric: Annotated[BlockMetric, Query(description="The value to show per cell.")] = "divergence",
-    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
-    last: Annotated[
-        int | None,
-        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
-    ] = None,
+    first: FirstRound = 1,
+    last: LastRound = None,
     offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Completed rounds of the range to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
 ) -> BlockMatrix:
     """Which blocks each completed round trained and applied, and a metric per block and round (the layer-wise
     divergence by default): rows are the model's blocks in model order, columns the rounds of the range."""
-    if last is not None and last < first:
-        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    check_range(first, last)
     return queries.block_matrix(session, federation, metric, first, last, offset, limit)
 
 
@@ -71,16 +75,12 @@ def get_block_matrix(
 def get_alignment(
     federation: FederationDep,
     session: SessionDep,
-    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
-    last: Annotated[
-        int | None,
-        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
-    ] = None,
+    first: FirstRound = 1,
+    last: LastRound = None,
     offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Measured rounds of the range to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
 ) -> AlignmentMatrix:
     """Each worker's whole update against the round's mean, per completed round with measured divergence:
     its norm ‖Δ_k‖ and cosine to the mean update (combined exactly from the per-block alignments)."""
-    if last is not None and last < first:
-        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    check_range(first, last)
     return alignment_matrix(session, federation, first, last, offset, limit)

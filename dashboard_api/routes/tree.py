@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from dashboard_api import tree_queries
-from dashboard_api.deps import MAX_INT, FederationDep, RoundNumber, SessionDep
+from dashboard_api.deps import (
+    MAX_INT,
+    FederationDep,
+    FirstRound,
+    LastRound,
+    RoundNumber,
+    SessionDep,
+    check_range,
+)
 from dashboard_api.errors import NOT_FOUND, UNAVAILABLE
 from dashboard_api.routes import API
 from dashboard_api.schemas import ErrorOut, Page
@@ -40,18 +48,14 @@ def get_round_key_weights(
 def get_key_weight_matrix(
     federation: FederationDep,
     session: SessionDep,
-    first: Annotated[int, Query(ge=1, le=MAX_INT, description="First round number of the range.")] = 1,
-    last: Annotated[
-        int | None,
-        Query(ge=1, le=MAX_INT, description="Last round number of the range (default: the newest)."),
-    ] = None,
+    first: FirstRound = 1,
+    last: LastRound = None,
     offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Rounds with key weights to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Largest number of rounds (columns).")] = 200,
 ) -> KeyWeightMatrix:
     """Each member's attention weight α (and cosine) per key block over the completed rounds of a range that
     have key weights: weights[block][member][round]."""
-    if last is not None and last < first:
-        raise HTTPException(status_code=422, detail=f"empty range: last ({last}) is before first ({first})")
+    check_range(first, last)
     return tree_queries.key_weight_matrix(session, federation, first, last, offset, limit)
 
 
