@@ -37,11 +37,19 @@ from strata.version import model_hash
 log = logging.getLogger("strata.coordinator")
 
 
+def _is_file(p: Path) -> bool:
+    """Whether `p` names a file; a long comma-separated list of names is no path (ENAMETOOLONG)."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
 def parse_labels(spec: str | None, model_dir: Path | None) -> list[str]:
     """Labels from a labels.json path, a comma-separated list, or the model config's id2label."""
     if spec:
         p = Path(spec)
-        if p.is_file():
+        if _is_file(p):
             labels = json.loads(p.read_text())
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
                 raise ValueError(f"{p}: labels.json must be a list of at least two names")
