@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/strata demo
 
+# worksteal: the heaviest tests sit together in collection order (e2e, then integration), and plain `load`
+# scheduling handed one worker nearly all of them (743 s of the suite's 1,044) while the other sat idle
 test: setup
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import pyplot
-from bench.worldlm_report import ok, ppl
+from bench.report_parts import ok, ppl
 
 
 def plot(res: dict[str, Any], path: Path) -> bool:

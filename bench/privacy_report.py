@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.privacy_plot import plot
-from bench.worldlm_report import failed, group_line, ok, plural, ppl, training_line
+from bench.report_parts import failed, ok, plural, ppl
+from bench.worldlm_report import group_line, training_line
 
 DIVERGED = 1.10  # a curve "rose" when its final value is this much above its best round's
 

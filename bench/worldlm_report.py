@@ -7,30 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.common import pyplot
+from bench.report_parts import MB, failed, ok, plural, ppl
+from bench.worldlm_plot import plot
 
 GOAL = 1.5  # the project's goal: perplexity at least 1.5x lower than flat on heterogeneous sub-federations
-MB = 1e6
-
-
-def ppl(loss: float | None) -> float:
-    return math.inf if loss is None or loss > 700 else math.exp(loss)
-
-
-def ok(items: dict[str, Any]) -> dict[str, Any]:
-    """The arms (or levels) that ran to the end; the others carry an "error"."""
-    return {k: v for k, v in items.items() if "error" not in v}
-
-
-def failed(items: dict[str, Any], what: str) -> list[str]:
-    bad = [
-        f"- **{what} {k} failed**: `{' '.join(v['error'].split())}`" for k, v in items.items() if "error" in v
-    ]
-    return [*bad, ""] if bad else []
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def attention_lines(arms: dict[str, Any]) -> list[str]:
@@ -395,53 +375,3 @@ def cuts(res: dict[str, Any]) -> list[str]:
         out.append(f"- C: four workers, {a['rounds_c']} round(s) per level; no evaluation.")
     out.append("- One seed; no repetitions, so differences of a point or two are not significant.")
     return out
-
-
-def plot(res: dict[str, Any], path: Path) -> bool:
-    plt = pyplot()
-    if plt is None:
-        return False
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    if "A" in res:
-        for ax, g in zip(axes[0], res["A"]["groups"], strict=False):
-            ax.set_visible(True)
-            for i, (name, rec) in enumerate(ok(res["A"]["arms"]).items()):
-                ys = rec["per_round"][g]["accuracy"]
-                ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, color=f"C{i}", label=name)
-            ax.set(title=f"A: accuracy, {g}", xlabel="round", ylabel="test accuracy")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    if "C" in res:
-        ax = axes[0][2]
-        ax.set_visible(True)
-        labels, up, down = [], [], []
-        for levels, rec in ok(res["C"]["levels"]).items():
-            for tier, t in sorted(rec["tiers"].items()):
-                labels.append(f"{levels}L t{tier}")
-                up.append(sum(t["up"]) / len(t["up"]) / MB)
-                down.append(sum(t["down"]) / len(t["down"]) / MB)
-        xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], up, 0.4, label="up")
-        ax.bar([x + 0.2 for x in xs], down, 0.4, label="down")
-        ax.set_xticks(list(xs), labels, fontsize=8)
-        ax.set(title="C: MB per round per tier (L levels, tier t)", ylabel="MB, mean of the rounds")
-        ax.legend(fontsize=8)
-    if "B" in res:
-        for ax, g in zip(axes[1], res["B"]["groups"], strict=False):
-            ax.set_visible(True)
-            for i, (name, rec) in enumerate(ok(res["B"]["arms"]).items()):
-                ys = [ppl(x) for x in rec["per_round"][g]["loss"]]
-                ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, color=f"C{i}", label=name)
-            ax.set(title=f"B: perplexity, {g}", xlabel="round", ylabel="perplexity", yscale="log")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
