@@ -5,9 +5,13 @@ it reaches the coordinator."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
+from strata import atomic
 from strata.member.upload import Pending
 from strata.tracking import Tracker, flatten
 from worker.settings import WorkerSettings
@@ -34,15 +38,46 @@ def round_values(p: Pending, local_eval: tuple[float, float] | None) -> dict[str
     return values
 
 
+class Backlog:
+    """Rounds a tracking outage held back, kept in a file written atomically (absent when empty), so a
+    worker restarted during the outage still logs them, with the time each round was delivered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, dict[str, float], float]] = []
+        if path.is_file():
+            self.items = [(int(r), dict(v), float(w)) for r, v, w in json.loads(path.read_text())]
+
+    def _save(self) -> None:
+        if self.items:
+            atomic.write_text(self.path, json.dumps(self.items))
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def add(self, step: int, values: dict[str, float], wall: float) -> None:
+        self.items.append((step, values, wall))
+        self._save()
+
+    def flush(self, tracker: Tracker) -> bool:
+        """Offer the rounds in order until a sink refuses one; True when none is left."""
+        taken = 0
+        while taken < len(self.items) and tracker.step(*self.items[taken]):
+            taken += 1
+        if taken:
+            del self.items[:taken]
+            self._save()
+        return not self.items
+
+
 class WorkerTracking:
     """The worker's run, its tracker built on first use; rounds a tracking outage held back are offered
-    again after the next round."""
+    again after the next round, and after a restart."""
 
     def __init__(self, s: WorkerSettings, federation: str) -> None:
         self.s, self.federation = s, federation
         self.tracker: Tracker | None = None
         self.local_eval: tuple[float, float] | None = None  # the version evaluated before this round
-        self.backlog: list[tuple[int, dict[str, float]]] = []  # rounds a tracking outage held back
+        self.backlog = Backlog(s.cache_dir / federation / f"{s.name}-tracking-backlog.json")
 
     def _tracker(self) -> Tracker:
         s = self.s
@@ -57,11 +92,11 @@ class WorkerTracking:
         return self.tracker
 
     def delivered(self, p: Pending) -> None:
-        self.backlog.append((p.task.round, round_values(p, self.local_eval)))
+        self.backlog.add(p.task.round, round_values(p, self.local_eval), time.time())
         self.local_eval = None
-        t = self._tracker()
-        while self.backlog and t.step(*self.backlog[0]):
-            self.backlog.pop(0)
+        self.backlog.flush(self._tracker())
 
     def done(self) -> None:
-        self._tracker().end("FINISHED")
+        t = self._tracker()
+        self.backlog.flush(t)
+        t.end("FINISHED")

@@ -78,3 +78,41 @@ def test_a_sink_that_cannot_open_is_retried_and_the_other_goes_on(tmp_path: Path
     assert not t.step(1, {"train/loss": 1.0})
     assert t.state["tensorboard"]["logged"] == 1 and t.state.get("mlflow", {}).get("logged", 0) == 0
     assert scalars(tmp_path / "tb" / "w", "train/loss") == [(1, 1.0)]
+
+
+def test_a_workers_backlog_survives_a_restart_during_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.tracking import Backlog
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    s = TrackingSettings(mlflow_tracking_uri=uri, mlflow_experiment="e", tensorboard_dir=tmp_path / "tb")
+    state, held = tmp_path / "w-tracking.json", tmp_path / "w-tracking-backlog.json"
+    real = MlflowSink.metrics
+
+    def down(self: Any, *args: Any) -> None:
+        raise ConnectionError("tracking server down")
+
+    t = Tracker(s, "fed/w", {}, state)
+    backlog = Backlog(held)
+    backlog.add(1, {"train/loss": 1.0}, 1000.0)
+    assert backlog.flush(t) and not held.exists()  # taken at once: nothing held back, no file
+    monkeypatch.setattr(MlflowSink, "metrics", down)
+    backlog.add(2, {"train/loss": 0.8}, 2000.0)
+    backlog.add(3, {"train/loss": 0.6}, 3000.0)
+    assert not backlog.flush(t) and held.is_file()  # MLflow is down: rounds 2 and 3 wait on disk
+
+    # the worker is killed and restarted while the server is still down, then it comes back
+    t2, again = Tracker(s, "fed/w", {}, state), Backlog(held)
+    assert [step for step, _, _ in again.items] == [2, 3]
+    monkeypatch.setattr(MlflowSink, "metrics", real)
+    again.add(4, {"train/loss": 0.5}, 4000.0)
+    assert again.flush(t2) and not held.exists() and t2.logged() == 4
+    t2.end("FINISHED")
+
+    history = MlflowClient(tracking_uri=uri).get_metric_history(t2.run_id, "train/loss")  # type: ignore[arg-type]
+    assert sorted((m.step, m.value, m.timestamp) for m in history) == [
+        (1, 1.0, 1_000_000), (2, 0.8, 2_000_000), (3, 0.6, 3_000_000), (4, 0.5, 4_000_000)
+    ]  # fmt: skip
+    assert [step for step, _ in scalars(tmp_path / "tb" / "fed/w", "train/loss")] == [1, 2, 3, 4]
