@@ -36,7 +36,21 @@ def settings_class(command: str) -> type[StrataSettings]:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names (its first word that is neither an option nor --log-level's value)."""
+    rest = list(argv)
+    while rest:
+        word = rest.pop(0)
+        if word == "--log-level":
+            rest = rest[1:]
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` one subcommand's: each command's module is imported to
+    register it, and some import torch, so `strata admin ...` loads only what it runs."""
     parser = argparse.ArgumentParser(
         prog="strata",
         description="Strata: federated fine-tuning of transformer language models.",
@@ -52,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     found = commands()
+    if only in found:
+        found = {only: found[only]}
     for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
         register: Register = found[name].load()
         register(sub)
@@ -59,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
