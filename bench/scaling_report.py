@@ -75,6 +75,7 @@ def verdict(stored: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"- {d}: {word}. From {lo} to {hi} clients the student goes {s1:.3f} → {sn:.3f} ({100 * -ds:+.1f} "
             f"points), MiniLM {m1:.3f} → {mn:.3f} ({100 * -dm:+.1f} points)"
             + (f", ALBERT {drops['albert'][0]:.3f} → {drops['albert'][1]:.3f}" if "albert" in drops else "")
+            + (f" (at chance from {at['albert']} clients)" if at.get("albert") else "")
             + "."
         )
         for r in args.remedies:
@@ -166,7 +167,7 @@ def plot(stored: dict[str, Any], args: argparse.Namespace, path: Any) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 4.8), squeeze=False)
     for ax, d in zip(axes[0], args.datasets, strict=True):
         for m in args.models:
             pts = [(n, late(rec["accuracy"])) for n in args.clients if (rec := get(stored, args, d, m, n))]
@@ -177,9 +178,14 @@ def plot(stored: dict[str, Any], args: argparse.Namespace, path: Any) -> bool:
                     if rec:
                         ax.scatter([args.remedy_clients], [late(rec["accuracy"])], marker=marker,
                                    color=line.get_color(), label=f"{m} + {r}")  # fmt: skip
+        ax.axhline(floor(d), ls=":", color="grey", lw=1, label="at chance below this (the verdict's line)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("clients (same total steps per round)")
         ax.set_ylabel("test accuracy, last two rounds")
         ax.set_title(d)
-    save_figure(fig, path, axes[0])
+        ax.grid(alpha=0.3)
+        ax.legend(
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3
+        )  # below: no curve hidden
+    save_figure(fig, path)
     return True
