@@ -17,7 +17,9 @@ from tests.helpers import coordinator_settings, make_worker_data, run_federation
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    # by step: a restart writes a new event file and the reader takes the files in name order; the
+    # writers in one process within one second differ only by a counter, and "….10" sorts before "….9"
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

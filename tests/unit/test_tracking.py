@@ -17,7 +17,9 @@ from strata.tracking import MlflowSink, Tracker, TrackingSettings, flatten
 def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     acc = EventAccumulator(str(folder))
     acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+    # by step: each restart writes a new event file, read in name order, and the writers of one process
+    # within one second differ only by a counter ("….10" sorts before "….9")
+    return sorted((e.step, e.value) for e in acc.Scalars(tag))
 
 
 def test_flatten_names_nested_settings_with_dots() -> None:
