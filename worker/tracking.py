@@ -55,16 +55,17 @@ class Backlog:
             self.path.unlink(missing_ok=True)
 
     def add(self, step: int, values: dict[str, float], wall: float) -> None:
+        """Queue a round; the next flush writes it to the file if a sink does not take it at once."""
         self.items.append((step, values, wall))
-        self._save()
 
     def flush(self, tracker: Tracker) -> bool:
-        """Offer the rounds in order until a sink refuses one; True when none is left."""
+        """Offer the rounds in order until a sink refuses one; True when none is left. The file is
+        touched only while something waits or was waiting: no I/O per round when tracking works."""
         taken = 0
         while taken < len(self.items) and tracker.step(*self.items[taken]):
             taken += 1
-        if taken:
-            del self.items[:taken]
+        del self.items[:taken]
+        if self.items or self.path.exists():
             self._save()
         return not self.items
 
