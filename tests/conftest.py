@@ -22,6 +22,9 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from strata.storage.db import migrate, normalize_url  # noqa: E402
 
+# the dashboard tests' seeded database and client (fixtures `seeded`, `client`)
+pytest_plugins = ["tests.dashboard_seed"]
+
 POSTGRES_URL = os.environ.get("STRATA_TEST_POSTGRES_URL", "")
 
 

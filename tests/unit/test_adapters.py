@@ -1,10 +1,9 @@
 """LoRA adapters (strata.adapters) on tiny models built from configs: default targets per family, wrapping
-with peft (what trains, what travels, the layer map), the factor pairs, the rank mask, the head's modules;
-and a worker's load options for a quantized base (worker.large_models)."""
+with peft (what trains, what travels, the layer map), the factor pairs, the head's modules; and a worker's
+load options for a quantized base (worker.large_models). The rank mask: tests/unit/test_rank_mask.py."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 from collections.abc import Callable
@@ -12,24 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import (
-    AlbertConfig,
-    AlbertForSequenceClassification,
-    BertConfig,
-    BertForSequenceClassification,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 from strata.adapters import (
     ALL_LINEAR,
     DEFAULT_TARGETS,
     LoraSpec,
-    RankMask,
     head_modules,
     is_adapted,
     linear_names,
@@ -38,123 +24,22 @@ from strata.adapters import (
     travels,
     wrap,
 )
-from strata.layers import block_map, set_trainable
+from strata.layers import block_map
 from strata.modeling import global_tensors
+from tests.adapter_models import (
+    CAUSAL,
+    FAMILIES,
+    PREFIX,
+    SEQ_CLS,
+    albert,
+    bert,
+    distilbert,
+    factor_tensors,
+    llama,
+    spec_for,
+)
 from worker.errors import WorkerError
 from worker.large_models import load_options
-
-TINY: dict[str, Any] = dict(
-    vocab_size=64, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32
-)
-SEQ_CLS, CAUSAL = "sequence-classification", "causal-lm"
-PREFIX = "base_model.model."
-
-
-def bert() -> torch.nn.Module:
-    return BertForSequenceClassification(BertConfig(num_hidden_layers=2, num_labels=3, **TINY))
-
-
-def distilbert() -> torch.nn.Module:
-    config = DistilBertConfig(
-        vocab_size=64, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=32, num_labels=2
-    )
-    return DistilBertForSequenceClassification(config)
-
-
-def albert() -> torch.nn.Module:
-    return AlbertForSequenceClassification(
-        AlbertConfig(num_hidden_layers=2, embedding_size=8, num_labels=2, **TINY)
-    )
-
-
-def gpt2() -> torch.nn.Module:
-    config = GPT2Config(
-        vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0
-    )
-    return GPT2LMHeadModel(config)
-
-
-def llama() -> torch.nn.Module:
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_key_value_heads=2, **TINY))
-
-
-# family, builder, task, its default targets, adapted modules with those defaults
-FAMILIES: list[tuple[str, Callable[[], torch.nn.Module], str, tuple[str, ...], int]] = [
-    ("bert", bert, SEQ_CLS, ("query", "value"), 4),
-    ("distilbert", distilbert, SEQ_CLS, ("q_lin", "v_lin"), 4),
-    ("albert", albert, SEQ_CLS, ("query", "value"), 2),  # two layers share one group's weights
-    ("gpt2", gpt2, CAUSAL, ("c_attn",), 2),
-    ("llama", llama, CAUSAL, ("q_proj", "v_proj"), 4),
-]
-
-
-def spec_for(model: torch.nn.Module, task: str, rank: int = 4, alpha: float = 8.0) -> LoraSpec:
-    """The spec a coordinator makes for this unwrapped model: default targets, a classifier's head whole."""
-    head = block_map(model)["head"].tensors if task == SEQ_CLS else ()
-    return LoraSpec(rank, alpha, 0.0, resolve_targets(model, []), head_modules(model, head), "h" * 64)
-
-
-def randomize_factors(model: torch.nn.Module, seed: int = 1) -> None:
-    """Fill every lora_A / lora_B with random values (peft starts B at zero, which would hide the tail)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_A." in name or ".lora_B." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-
-def factor_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
-
-
-def tail(name: str, value: torch.Tensor, rank: int) -> torch.Tensor:
-    """The entries of a factor past `rank`: rows of A, columns of B."""
-    return value[rank:] if ".lora_A." in name else value[:, rank:]
-
-
-def lead(name: str, value: torch.Tensor, rank: int) -> torch.Tensor:
-    """The entries of a factor up to `rank`."""
-    return value[:rank] if ".lora_A." in name else value[:, :rank]
-
-
-def inputs(seed: int = 2) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 64, (2, 7), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def merged_by_hand(
-    base: torch.nn.Module, wrapped: torch.nn.Module, spec: LoraSpec, rank: int
-) -> torch.nn.Module:
-    """A copy of the unwrapped `base` with each adapted Linear's weight += scale * B[:, :rank] @ A[:rank]."""
-    ref = copy.deepcopy(base)
-    tensors = dict(wrapped.named_parameters())
-    with torch.no_grad():
-        for module, (a_name, b_name) in pairs(sorted(tensors)).items():
-            a, b = tensors[a_name], tensors[b_name]
-            linear = ref.get_submodule(module.removeprefix(PREFIX))
-            assert isinstance(linear, torch.nn.Linear)
-            linear.weight += spec.scale * (b[:, :rank] @ a[:rank])
-    return ref.eval()
-
-
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs()).logits
-
-
-def wrapped_with_reference(
-    builder: Callable[[], torch.nn.Module], task: str, rank: int = 4
-) -> tuple[torch.nn.Module, torch.nn.Module, LoraSpec]:
-    """(the wrapped model with random factors, in eval mode; a copy of its base; its spec)."""
-    torch.manual_seed(0)
-    model = builder().eval()
-    spec = spec_for(model, task, rank=rank)
-    base = copy.deepcopy(model)
-    wrapped = wrap(model, spec, task).eval()
-    randomize_factors(wrapped)
-    return wrapped, base, spec
-
 
 # ---------------------------------------------------------------------------------------- resolve_targets
 
@@ -395,95 +280,6 @@ def test_spec_from_record_round_trips_asdict() -> None:
     record["targets"], record["modules_to_save"] = list(spec.targets), list(spec.modules_to_save)
     assert LoraSpec.from_record(record) == spec
     assert spec.scale == 2.0
-
-
-# ------------------------------------------------------------------------------------------- RankMask
-
-
-@pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize(("builder", "task"), [(bert, SEQ_CLS), (llama, CAUSAL)], ids=["bert", "llama"])
-def test_inside_the_mask_the_model_is_the_truncated_adapter(
-    builder: Callable[[], torch.nn.Module], task: str, rank: int
-) -> None:
-    wrapped, base, spec = wrapped_with_reference(builder, task)
-    before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
-    full = logits(wrapped)
-    torch.testing.assert_close(full, logits(merged_by_hand(base, wrapped, spec, spec.rank)))
-    truncated = logits(merged_by_hand(base, wrapped, spec, rank))
-    assert not torch.allclose(full, truncated, atol=1e-3)  # the tail matters: the test can tell
-    with RankMask(wrapped, rank):
-        torch.testing.assert_close(logits(wrapped), truncated)
-        for name, p in factor_tensors(wrapped).items():
-            assert not tail(name, p, rank).any(), name
-            assert torch.equal(lead(name, p, rank), lead(name, before[name], rank)), name
-    after = dict(wrapped.named_parameters())
-    for name, value in before.items():
-        assert torch.equal(after[name], value), name
-    torch.testing.assert_close(logits(wrapped), full)
-
-
-def test_gradients_past_the_rank_are_zero_inside_the_mask_and_not_after() -> None:
-    wrapped, _, _ = wrapped_with_reference(bert, SEQ_CLS)
-    rank = 2
-    with RankMask(wrapped, rank):
-        wrapped(**inputs()).logits.pow(2).sum().backward()
-        for name, p in factor_tensors(wrapped).items():
-            assert p.grad is not None
-            assert not tail(name, p.grad, rank).any(), name
-            assert lead(name, p.grad, rank).abs().sum() > 0, name
-    wrapped.zero_grad(set_to_none=True)
-    wrapped(**inputs()).logits.pow(2).sum().backward()  # the hooks are gone
-    for name, p in factor_tensors(wrapped).items():
-        assert p.grad is not None
-        assert tail(name, p.grad, rank).abs().sum() > 0, name
-
-
-def test_adamw_with_weight_decay_leaves_the_tail_zero_until_the_mask_ends() -> None:
-    wrapped, _, _ = wrapped_with_reference(bert, SEQ_CLS)
-    wrapped.train()
-    rank = 2
-    before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
-    trained = [p for p in wrapped.parameters() if p.requires_grad]
-    with RankMask(wrapped, rank):
-        optimizer = torch.optim.AdamW(trained, lr=0.05, weight_decay=0.5)
-        for _ in range(3):
-            optimizer.zero_grad()
-            wrapped(**inputs()).logits.pow(2).sum().backward()
-            optimizer.step()
-            for name, p in factor_tensors(wrapped).items():
-                assert not tail(name, p, rank).any(), name
-        inside = {n: p.detach().clone() for n, p in factor_tensors(wrapped).items()}
-    for name, p in factor_tensors(wrapped).items():
-        assert torch.equal(tail(name, p, rank), tail(name, before[name], rank)), name  # restored exactly
-        assert torch.equal(lead(name, p, rank), lead(name, inside[name], rank)), name  # trained part kept
-        assert not torch.equal(lead(name, p, rank), lead(name, before[name], rank)), name
-
-
-def test_the_mask_restores_the_tail_when_the_block_raises() -> None:
-    wrapped, _, _ = wrapped_with_reference(bert, SEQ_CLS)
-    before = {n: p.detach().clone() for n, p in factor_tensors(wrapped).items()}
-    with pytest.raises(RuntimeError, match="boom"), RankMask(wrapped, 1):
-        raise RuntimeError("boom")
-    for name, p in factor_tensors(wrapped).items():
-        assert torch.equal(p, before[name]), name
-
-
-@pytest.mark.parametrize("rank", [4, 8])
-def test_a_mask_at_or_above_the_federations_rank_changes_nothing(rank: int) -> None:
-    wrapped, _, _ = wrapped_with_reference(bert, SEQ_CLS)
-    before = {n: p.detach().clone() for n, p in factor_tensors(wrapped).items()}
-    with RankMask(wrapped, rank) as mask:
-        assert mask.saved == [] and mask.hooks == []
-        for name, p in factor_tensors(wrapped).items():
-            assert torch.equal(p, before[name]), name
-
-
-def test_the_mask_truncates_adapters_of_blocks_that_do_not_train_this_round() -> None:
-    wrapped, base, spec = wrapped_with_reference(bert, SEQ_CLS)
-    rank = 2
-    set_trainable(wrapped, block_map(wrapped), ["layer.1"])
-    with RankMask(wrapped, rank):
-        torch.testing.assert_close(logits(wrapped), logits(merged_by_hand(base, wrapped, spec, rank)))
 
 
 # ------------------------------------------------------------------------------------------ head_modules
