@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from coordinator.store import Store
+from coordinator.tree_settings import dashboard_url_problem
 from strata.errors import InvalidInput, NotFound, PermissionDenied
 from strata.proto.v1 import coordinator_pb2 as pb
 from strata.storage.models import utcnow
@@ -73,6 +74,12 @@ class Sessions:
             raise InvalidInput("name: give a worker name of 1 to 128 characters")
         if req.num_samples == 0:
             raise InvalidInput("num_samples: a worker needs at least one training example")
+        if req.dashboard_url and not req.members:
+            raise InvalidInput(
+                "dashboard_url: only a member federation (members > 0) has a dashboard to link"
+            )
+        if req.dashboard_url and (problem := dashboard_url_problem(req.dashboard_url)):
+            raise InvalidInput(f"dashboard_url: {problem}")
         try:
             w = await asyncio.to_thread(
                 self.store.upsert_worker,
@@ -85,7 +92,9 @@ class Sessions:
                 num_eval_samples=0 if self.private else req.num_eval_samples,
                 members=req.members or None,  # a sub-federation (docs/methods.md section 5)
                 inner_rounds=req.inner_rounds or None,
-                lora_rank=req.lora_rank or None,  # a LoRA worker training a lower rank than the federation's
+                lora_rank=req.lora_rank or None,
+                dashboard_url=req.dashboard_url
+                or None,  # a member federation's own dashboard page  # a LoRA worker training a lower rank than the federation's
             )
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None

@@ -77,6 +77,7 @@ class ParentLink:
                 version=__version__,
                 members=max(1, members),
                 inner_rounds=self.s.inner_rounds,
+                dashboard_url=self.s.dashboard_url,
             )
         )
         self.member_id = self.reply.worker_id

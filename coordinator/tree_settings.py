@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from pydantic import Field, SecretStr, model_validator
@@ -18,6 +19,25 @@ from coordinator.lora_settings import LoraSettings
 
 KEY_AGGREGATIONS = ("attention", "mean")
 _TOP = re.compile(r"^top:(\d+)$")
+MAX_URL = 512  # characters of a dashboard address (workers.dashboard_url)
+
+
+def dashboard_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a dashboard page's address (an absolute http or https URL with a host, at most
+    MAX_URL printable characters without spaces), or None when it can. A parent's dashboard renders it as a
+    link, so nothing else (javascript:, data:, a relative path) gets through."""
+    if len(url) > MAX_URL:
+        return f"{len(url)} characters; at most {MAX_URL}"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a malformed port)
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an absolute http:// or https:// address with a host"
+    return None
 
 
 class TreeSettings(LoraSettings):
@@ -51,6 +71,12 @@ class TreeSettings(LoraSettings):
     )
     inner_rounds: int = Field(
         1, ge=1, le=1000, description="With a parent: rounds of this federation per round of the parent"
+    )
+    dashboard_url: str = Field(
+        "",
+        description="With a parent: the address of this federation's own dashboard page (http or https, e.g. "
+        "https://dash.org-a.example/?federation=org-a), sent to the parent so its dashboard links this member "
+        "to it (empty: no link)",
     )
     local_blocks: str = Field(
         "",
@@ -105,6 +131,8 @@ class TreeSettings(LoraSettings):
                 raise ValueError(f"parent: {self.parent!r} is not host:port (see --parent)")
             if not self.parent_token.get_secret_value():
                 raise ValueError("parent: a sub-federation needs --parent-token to join its parent")
+        if self.dashboard_url and (problem := dashboard_url_problem(self.dashboard_url)):
+            raise ValueError(f"dashboard_url: {self.dashboard_url!r}: {problem}")
         if (self.parent_tls_cert is None) != (self.parent_tls_key is None):
             raise ValueError("parent_tls_cert and parent_tls_key: give both (mutual TLS) or neither")
         for name in ("parent_tls_ca", "parent_tls_cert", "parent_tls_key"):

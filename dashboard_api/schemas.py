@@ -269,6 +269,11 @@ class WorkerOut(_Out):
     inner_rounds: int | None = Field(
         description="A member federation's rounds per round of this one; null for a plain worker."
     )
+    dashboard_url: str | None = Field(
+        None,
+        description="A member federation's own dashboard page, as it gave it when it joined (its "
+        "dashboard_url setting); null for a plain worker or when it gave none.",
+    )
     reported: ReportedOut | None = Field(
         description='A member federation\'s latest "federation-test" metric (its own held-out test loss and '
         "accuracy, reported upward after each round); null for plain workers and before any report."

@@ -1,7 +1,8 @@
 """A finished real two-level federation for the dashboard's tests: a parent "world" with key blocks top:1,
 attention τ = 2 and β = 0.5, and two sub-federations "sub-a" and "sub-b" of two workers each, one inner round
 per parent round, two parent rounds (the set-up of tests/integration/test_tree.py's key-block test). The
-sub-federations evaluate on held-out data, so they report a "federation-test" metric upward."""
+sub-federations evaluate on held-out data, so they report a "federation-test" metric upward, and each joins with
+the address of its own dashboard (dashboard_page)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from tests.helpers import ServedCoordinator, coordinator_settings, make_worker_d
 SUB_TOKENS = ["token-sub-a-11111111", "token-sub-b-22222222"]
 SUBS = ("sub-a", "sub-b")
 TAU, BETA = 2.0, 0.5
+
+
+def dashboard_page(name: str) -> str:
+    """The dashboard_url a sub-federation joins its parent with."""
+    return f"https://dash.{name}.example/?federation={name}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ def build_tree(
                 min_workers=2,
                 min_updates=2,
                 eval_data=held_out,
+                dashboard_url=dashboard_page(name),
             )
             | (sub_extra or {}),
         )

@@ -76,15 +76,20 @@ async function keyWeights(enc) {
   return get(`/federations/${enc}/key-weights?limit=1000&offset=${m.total_rounds - 1000}`);
 }
 
-// A member's name and badges; a member federation this dashboard also serves links to its own page.
+// A member's name and badges. A member federation links to its own page: here when this dashboard also
+// serves it, else on its own dashboard when it joined with that page's address (http or https only).
 function member(w, known) {
   const local = w.local_epsilon ? ` <span class="badge">local DP-SGD ε ${fmt(w.local_epsilon, 3)}</span>` : "";
   const rank = w.lora_rank ? ` <span class="badge">LoRA rank ${w.lora_rank}</span>` : "";
   if (w.kind !== "federation") return escapeHtml(w.name) + local + rank;
   const inner = `${w.inner_rounds} inner round${w.inner_rounds === 1 ? "" : "s"}`;
-  const name = known.includes(w.name)
-    ? `<a class="member-link" href="?federation=${encodeURIComponent(w.name)}">${escapeHtml(w.name)}</a>`
-    : escapeHtml(w.name);
+  let name = escapeHtml(w.name);
+  if (known.includes(w.name)) {
+    name = `<a class="member-link" href="?federation=${encodeURIComponent(w.name)}">${name}</a>`;
+  } else if (/^https?:\/\//i.test(w.dashboard_url || "")) {
+    name = `<a class="member-link external" href="${escapeHtml(w.dashboard_url)}" target="_blank" ` +
+      `rel="noopener noreferrer" title="its own dashboard: ${escapeHtml(w.dashboard_url)}">${name} ↗</a>`;
+  }
   return `${name} <span class="badge">federation · ${w.members} worker${w.members === 1 ? "" : "s"} · ${inner}</span>`;
 }
 

@@ -124,6 +124,8 @@ class Worker(Base):
     local_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
     # a LoRA federation: the rank this worker trains (null: the federation's)
     lora_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a member federation: the address of its own dashboard page it joined with (null: none given)
+    dashboard_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     federation: Mapped[Federation] = relationship(back_populates="workers")
 

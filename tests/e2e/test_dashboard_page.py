@@ -21,7 +21,7 @@ from strata.layers import block_map
 from strata.modeling import load_model
 from tests.e2e.browser import chromium, load, require_browser
 from tests.helpers import served_dashboard
-from tests.tree_federation import BETA, SUBS, TAU, build_tree
+from tests.tree_federation import BETA, SUBS, TAU, build_tree, dashboard_page
 
 require_browser()
 browser = pytest.fixture(chromium)
@@ -82,7 +82,7 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         load(browser, f"{url}?federation=world")
         rows = browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr.federation")
         assert sorted(r.find_elements(By.TAG_NAME, "td")[0].text for r in rows) == [
-            f"{name} federation · 2 workers · 1 inner round" for name in SUBS
+            f"{name} ↗ federation · 2 workers · 1 inner round" for name in SUBS
         ]
         for r in rows:
             assert "acc " in r.text and "loss " in r.text and "(round 2)" in r.text
@@ -117,9 +117,10 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         ]
         assert not browser.find_element(By.ID, "key-blocks").is_displayed()
         assert not browser.find_elements(By.CSS_SELECTOR, "#workers .badge")
-    # each sub-federation keeps its own SQLite database, so the parent's page cannot link them; a database
-    # that also holds a member federation (PostgreSQL, where a tree shares one; a copy here) links it
-    assert not links_on(browser, tree.parent_url)
+    # each sub-federation keeps its own SQLite database: the parent's page links each to the dashboard page
+    # it joined with; a database that also holds a member federation (PostgreSQL, where a tree shares one;
+    # a copy here) links it here instead
+    assert links_on(browser, tree.parent_url) == [(f"{name} ↗", dashboard_page(name)) for name in SUBS]
     both = tmp_path / "both.db"
     shutil.copy(tree.parent_url.removeprefix("sqlite:///"), both)
     store = Store(f"sqlite:///{both}")
@@ -128,20 +129,23 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
     with served_dashboard(f"sqlite:///{both}") as url:
         load(browser, f"{url}?federation=world")
         links = browser.find_elements(By.CSS_SELECTOR, "#workers a.member-link")
-        assert [a.text for a in links] == [SUBS[0]]
+        assert [a.text for a in links] == [SUBS[0], f"{SUBS[1]} ↗"]
+        assert links[1].get_attribute("href") == dashboard_page(SUBS[1])
+        assert links[1].get_attribute("target") == "_blank"
         links[0].click()
         WebDriverWait(browser, 10).until(lambda d: f"federation={SUBS[0]}" in d.current_url)
         load(browser, browser.current_url)
         assert browser.find_element(By.ID, "federation").get_attribute("value") == SUBS[0]
 
 
-def links_on(browser, db: str) -> list[str]:  # type: ignore[no-untyped-def]
-    """The member-federation links on the world federation's page served from `db`."""
+def links_on(browser, db: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """The member-federation links (text, address) on the world federation's page served from `db`."""
     from selenium.webdriver.common.by import By
 
     with served_dashboard(db) as url:
         load(browser, f"{url}?federation=world")
-        return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#workers a.member-link")]
+        found = browser.find_elements(By.CSS_SELECTOR, "#workers a.member-link")
+        return [(a.text, a.get_attribute("href")) for a in found]
 
 
 def test_the_page_shows_a_private_federations_budget(browser, tmp_path: Path, tiny_model: Path) -> None:  # type: ignore[no-untyped-def]

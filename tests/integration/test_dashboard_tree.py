@@ -16,7 +16,7 @@ from dashboard_api.app import create_app
 from strata.storage.db import make_engine, migrate, session_factory
 from strata.storage.models import Federation, KeyWeight, ParentRound, Round, Update, Worker
 from tests.conftest import POSTGRES_URL, _drop_postgres_database, _fresh_postgres_database
-from tests.tree_federation import BETA, SUBS, TAU, Tree, build_tree
+from tests.tree_federation import BETA, SUBS, TAU, Tree, build_tree, dashboard_page
 
 API = "/api/v1"
 
@@ -97,6 +97,7 @@ def test_member_federations_are_listed_with_their_size_and_reported_metric(
     for name, w in members.items():
         assert (w["kind"], w["members"], w["inner_rounds"], w["device"]) == ("federation", 2, 1, "federation")
         assert w["rounds_joined"] == 2 and w["updates_accepted"] == 2
+        assert w["dashboard_url"] == dashboard_page(name)  # the address it joined with
         reported = w["reported"]
         assert reported is not None and reported["num_samples"] == 40  # its held-out examples
         # the metric is the sub-federation's own: its model after the inner round that served that parent round
@@ -121,6 +122,7 @@ def test_member_federations_are_listed_with_their_size_and_reported_metric(
             ("org-1", "worker", None, None, None),
             ("org-2", "worker", None, None, None),
         ]
+        assert all(p["dashboard_url"] is None for p in plain)
 
 
 def test_the_tree_settings_of_parent_and_sub_federations(

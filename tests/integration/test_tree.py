@@ -231,3 +231,47 @@ def world_name(store: Store, worker_id: int) -> str:
 
 def world_update_name(updates: dict[str, object], update_id: int) -> str:
     return next(name for name, u in updates.items() if u.id == update_id)
+
+
+def test_a_member_federation_joins_with_its_dashboard_address_and_a_bad_one_is_refused(
+    db_url: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    """Join validates dashboard_url (untrusted: the parent's dashboard renders it as a link) and stores
+    nothing on a refusal; a rejoin replaces it, and one without it clears it."""
+    import grpc
+
+    from strata.proto.v1 import coordinator_pb2 as pb
+    from strata.proto.v1 import coordinator_pb2_grpc as pb_grpc
+
+    world = ServedCoordinator(coordinator_settings(tmp_path, db_url, tiny_model, worker_tokens=SUB_TOKENS))
+    meta = (("authorization", f"Bearer {SUB_TOKENS[0]}"),)
+
+    def join(**fields: object) -> str:
+        with grpc.insecure_channel(world.address) as ch:
+            req = pb.JoinRequest(name="org-a", num_samples=5, **fields)  # type: ignore[arg-type]
+            return str(pb_grpc.CoordinatorStub(ch).Join(req, metadata=meta, timeout=30).worker_id)
+
+    def stored() -> list[tuple[str, str | None]]:
+        return [(w.name, w.dashboard_url) for w in world.server.store.workers(world.server.runner.fed_id)]
+
+    try:
+        for fields, why in [
+            (dict(members=2, dashboard_url="javascript:alert(1)"), "not an absolute http:// or https://"),
+            (dict(members=2, dashboard_url="https://a.example/" + "x" * 600), "at most 512"),
+            (dict(members=2, dashboard_url="https://a .example/"), "spaces or control characters"),
+            (dict(dashboard_url="https://a.example/"), "only a member federation"),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                join(**fields)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("dashboard_url: ") and why in err.value.details()
+            assert stored() == []
+        page = "https://dash.org-a.example/?federation=org-a"
+        uid = join(members=2, inner_rounds=1, dashboard_url=page)
+        assert stored() == [("org-a", page)]
+        assert join(members=2, inner_rounds=1, dashboard_url=page + "&round=1") == uid
+        assert stored() == [("org-a", page + "&round=1")]
+        join(members=2, inner_rounds=1)
+        assert stored() == [("org-a", None)]
+    finally:
+        world.stop()

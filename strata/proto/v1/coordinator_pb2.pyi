@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version", "members", "inner_rounds", "lora_rank")
+    __slots__ = ("name", "num_samples", "num_eval_samples", "device", "version", "members", "inner_rounds", "lora_rank", "dashboard_url")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class JoinRequest(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     INNER_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_samples: int
     num_eval_samples: int
@@ -26,7 +27,8 @@ class JoinRequest(_message.Message):
     members: int
     inner_rounds: int
     lora_rank: int
-    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ..., lora_rank: _Optional[int] = ...) -> None: ...
+    dashboard_url: str
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ..., lora_rank: _Optional[int] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora", "initial_hash", "init_seed", "assets_hash")
