@@ -142,7 +142,8 @@ class TreeDemo(Demo):
             )
             subs: dict[str, Proc] = {}
             for fed, s in self.subs.items():
-                s = s.model_copy(update={"parent": f"127.0.0.1:{port}"})
+                page = f"http://127.0.0.1:{self.sub_api[fed]}/?federation={fed}"  # the parent's page links it
+                s = s.model_copy(update={"parent": f"127.0.0.1:{port}", "dashboard_url": page})
                 subs[fed] = self.start(fed, s, 1, {"worker_tokens": ",".join(s.worker_tokens)})
                 board = self.dashboard.model_copy(
                     update={"database_url": s.database_url, "port": self.sub_api[fed]}

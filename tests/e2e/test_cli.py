@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -192,6 +193,9 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     engine.dispose()
 
 
+SUBS = ("fed-1", "fed-2")
+
+
 @pytest.mark.e2e
 def test_demo_runs_a_tree_of_federations(tmp_path: Path) -> None:
     res = subprocess.run(
@@ -219,12 +223,20 @@ def test_demo_runs_a_tree_of_federations(tmp_path: Path) -> None:
     )
     out = res.stdout
     assert res.returncode == 0, out + res.stderr[-3000:]
-    for fed in ("fed-1", "fed-2"):  # each sub-federation: its own rounds, one per parent round
+    for fed in SUBS:  # each sub-federation: its own rounds, one per parent round
         assert re.search(rf"^  {fed} round 2/2 +test acc 0\.\d{{4}}", out, re.M), out
     assert re.search(r"^world round 2/2 +test acc 0\.\d{4}", out, re.M), out
     assert "2 of 2 parent rounds completed" in out
     for db in ("strata.db", "fed-1.db", "fed-2.db"):  # every federation keeps its own database
         assert (tmp_path / "tree" / db).is_file()
+    # the parent's page links each member federation to its own dashboard, whose address the demo printed
+    printed = {
+        fed: re.search(rf"^  {fed} on \S+, dashboard (http://127\.0\.0\.1:\d+/)$", out, re.M) for fed in SUBS
+    }
+    assert all(printed.values()), out
+    with sqlite3.connect(tmp_path / "tree" / "strata.db") as db:
+        members = sorted(db.execute("SELECT name, dashboard_url FROM workers"))
+    assert members == [(fed, f"{m.group(1)}?federation={fed}") for fed, m in printed.items() if m]
 
 
 def test_demo_runs_a_private_federation_and_prints_its_epsilon(tmp_path: Path) -> None:
