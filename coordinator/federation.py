@@ -206,6 +206,7 @@ class Federation:
             labels=self.labels,
             max_seq_len=self.s.max_seq_len,
             lora=lora_to_proto(self.gm.lora) if self.gm.lora else None,
+            dashboard_url=self.s.dashboard_url,
             **self.gm.initial(self.s.seed),
         )
 

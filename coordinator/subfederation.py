@@ -23,6 +23,7 @@ import grpc
 import torch
 
 from coordinator import checkpoint, tree_store
+from coordinator.tree_settings import dashboard_url_problem
 from strata import __version__, failpoints
 from strata.errors import MemberError
 from strata.hierarchy import mix_residual
@@ -172,6 +173,22 @@ def connect(s: CoordinatorSettings) -> tuple[ParentLink, CoordinatorSettings]:
     return link, s.model_copy(update=update)
 
 
+def parent_page(reply: pb.JoinReply) -> str | None:
+    """The parent's dashboard page as its JoinReply gives it, for this federation's dashboard to link to;
+    None when it gives none, or one that is not an http(s) address (logged; the federation goes on)."""
+    url = reply.dashboard_url
+    if url and (problem := dashboard_url_problem(url)):
+        log.warning("the parent's dashboard address is left out: %r: %s", url[:100], problem)
+        return None
+    return url or None
+
+
+async def _record_parent_page(fed: Federation, link: ParentLink) -> None:
+    if link.reply is not None:
+        page = parent_page(link.reply)
+        await asyncio.to_thread(fed.store.update_federation, fed.fed_id, parent_dashboard_url=page)
+
+
 class _Rejoin(Exception):
     """The parent forgot this member's session (it restarted): join again."""
 
@@ -201,6 +218,7 @@ async def serve_parent(fed: Federation, link: ParentLink) -> None:
 
 async def _serve(fed: Federation, link: ParentLink) -> None:
     s = fed.s
+    await _record_parent_page(fed, link)
     await _redeliver(fed, link)
     while not fed.done:
         if not await fed.control.follow():
@@ -209,6 +227,7 @@ async def _serve(fed: Federation, link: ParentLink) -> None:
             task = await asyncio.to_thread(link.next_task)
         except _Rejoin:
             await asyncio.to_thread(link.join, *await asyncio.to_thread(_membership, fed))
+            await _record_parent_page(fed, link)
             continue
         if task is None:
             log.info("the parent federation is done; federation %s completes", s.federation)

@@ -74,9 +74,9 @@ class TreeSettings(LoraSettings):
     )
     dashboard_url: str = Field(
         "",
-        description="With a parent: the address of this federation's own dashboard page (http or https, e.g. "
-        "https://dash.org-a.example/?federation=org-a), sent to the parent so its dashboard links this member "
-        "to it (empty: no link)",
+        description="The address of this federation's own dashboard page (http or https, e.g. "
+        "https://dash.org-a.example/?federation=org-a), sent to its parent, whose dashboard links this member "
+        "to it, and to its member federations, whose dashboards link their parent to it (empty: no link)",
     )
     local_blocks: str = Field(
         "",

@@ -32,11 +32,11 @@ from dashboard_api.schemas import (
     RoundDetail,
     RoundOut,
     TokenOut,
-    TreeOut,
     UpdateOut,
     WorkerOut,
     as_utc,
 )
+from dashboard_api.tree_config import tree
 from strata.storage.models import (
     Evaluation,
     Federation,
@@ -54,14 +54,6 @@ from strata.storage.models import (
 M = TypeVar("M", bound=BaseModel)
 MAX_REJECTIONS = 20  # per worker, newest first
 REPORTED_SPLIT = "federation-test"  # what a member federation reports upward (coordinator/subfederation.py)
-TREE_DEFAULTS: dict[str, Any] = {  # coordinator/tree_settings.py's defaults: federations that predate them
-    "parent": None,
-    "inner_rounds": 1,
-    "local_blocks": "",
-    "residual_keep": 0.5,
-    "key_aggregation": "attention",
-    "attention_temperature": 1.0,
-}
 
 
 @dataclass(frozen=True)
@@ -128,7 +120,7 @@ def federation_status(session: Session, fed: FederationRef, online_since: dt.dat
         last_test_accuracy=last.test_accuracy if last else None,
         last_test_loss=last.test_loss if last else None,
         config=row.config or {},
-        tree=tree(row.config or {}),
+        tree=tree(row.config or {}, row.parent_dashboard_url),
         privacy=privacy(session, fed, row.config or {}),
     )
 
@@ -156,20 +148,6 @@ def privacy(session: Session, fed: FederationRef, config: dict[str, Any]) -> Pri
         sampling_rate=num("dp_sampling_rate"),
         adaptive_clip=on and bool(config.get("dp_adaptive_clip")),
     )
-
-
-def tree(config: dict[str, Any]) -> TreeOut:
-    """The tree settings recorded in a federation's config; a missing or malformed value is the default."""
-    values: dict[str, Any] = {}
-    for key, default in TREE_DEFAULTS.items():
-        try:
-            values[key] = getattr(
-                TreeOut.model_validate(TREE_DEFAULTS | {key: config.get(key, default)}), key
-            )
-        except ValueError:  # pydantic's ValidationError
-            values[key] = default
-    values["parent"] = values["parent"] or None  # "" is a top federation
-    return TreeOut.model_validate(values)
 
 
 def rounds(

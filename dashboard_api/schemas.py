@@ -51,6 +51,11 @@ class TreeOut(_Out):
     parent: str | None = Field(
         description="host:port of the parent federation this one is a member of; null for a top federation."
     )
+    parent_dashboard_url: str | None = Field(
+        None,
+        description="A sub-federation: the parent's dashboard page, as the parent gave it when this federation "
+        "joined (the parent's dashboard_url setting); null for a top federation or when the parent gave none.",
+    )
     inner_rounds: int = Field(description="With a parent: rounds of this federation per round of the parent.")
     local_blocks: str = Field(
         description='Key blocks its member federations keep partly local, as configured: "top:N" or block '

@@ -2,7 +2,7 @@
 attention τ = 2 and β = 0.5, and two sub-federations "sub-a" and "sub-b" of two workers each, one inner round
 per parent round, two parent rounds (the set-up of tests/integration/test_tree.py's key-block test). The
 sub-federations evaluate on held-out data, so they report a "federation-test" metric upward, and each joins with
-the address of its own dashboard (dashboard_page)."""
+the address of its own dashboard (dashboard_page), as the parent does."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ TAU, BETA = 2.0, 0.5
 
 
 def dashboard_page(name: str) -> str:
-    """The dashboard_url a sub-federation joins its parent with."""
+    """The dashboard_url a federation of the tree runs with: members send theirs up, the parent its own down."""
     return f"https://dash.{name}.example/?federation={name}"
 
 
@@ -59,6 +59,7 @@ def build_tree(
             key_aggregation="attention",
             attention_temperature=TAU,
             residual_keep=BETA,
+            dashboard_url=dashboard_page("world"),
         )
         | (parent_extra or {}),
     )

@@ -61,7 +61,12 @@ function parentRounds(tree, page) {
   section.hidden = !(tree.parent || page.total);
   if (section.hidden) return;
   const inner = `${tree.inner_rounds} inner round${tree.inner_rounds === 1 ? "" : "s"} per parent round`;
-  document.getElementById("parent-line").innerHTML = `member of the federation at <code>${escapeHtml(tree.parent || "?")}</code> · ${inner} · served ${page.total} parent round${page.total === 1 ? "" : "s"}`;
+  let at = `<code>${escapeHtml(tree.parent || "?")}</code>`;
+  if (/^https?:\/\//i.test(tree.parent_dashboard_url || "")) {
+    at = `<a class="parent-link" href="${escapeHtml(tree.parent_dashboard_url)}" target="_blank" rel="noopener noreferrer" ` +
+      `title="the parent's dashboard: ${escapeHtml(tree.parent_dashboard_url)}">${at} ↗</a>`;
+  }
+  document.getElementById("parent-line").innerHTML = `member of the federation at ${at} · ${inner} · served ${page.total} parent round${page.total === 1 ? "" : "s"}`;
   document.querySelector("#parent-rounds tbody").innerHTML = page.items.map((p) => `<tr>
     <td class="num">${p.parent_round}</td><td class="num">${p.parent_version}</td><td class="num">${p.start_version}</td>
     <td>${p.inner_rounds.join(", ")}</td><td>${escapeHtml(p.state)}</td><td class="num">${p.num_samples}</td>

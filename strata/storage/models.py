@@ -80,6 +80,8 @@ class Federation(Base):
     # what an administrator asked for (running, paused, stopped); the coordinator follows it between rounds
     desired_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it ended (e.g. its privacy budget)
+    # a sub-federation: the parent's dashboard page, as the parent's last JoinReply gave it (null: none)
+    parent_dashboard_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -107,6 +107,8 @@ def test_the_page_shows_a_federation_tree(browser, tmp_path: Path, tiny_model: P
         load(browser, f"{url}?federation=sub-a")
         assert browser.find_element(By.ID, "parent").is_displayed()
         assert "member of the federation at 127.0.0.1:" in browser.find_element(By.ID, "parent-line").text
+        link = browser.find_element(By.CSS_SELECTOR, "#parent-line a.parent-link")  # the parent's own page
+        assert link.get_attribute("href") == dashboard_page("world") and link.text.endswith(" ↗")
         served_rounds = [
             [td.text for td in r.find_elements(By.TAG_NAME, "td")[:6]]
             for r in browser.find_elements(By.CSS_SELECTOR, "#parent-rounds tbody tr")

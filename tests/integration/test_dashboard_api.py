@@ -59,6 +59,7 @@ def test_federation_status(client: TestClient, seeded: Seed) -> None:
     assert s["config"] == {"lr": 0.001, "layers": ["classifier"]}
     assert s["tree"] == {  # a config without the tree settings (a federation that predates them): defaults
         "parent": None,
+        "parent_dashboard_url": None,
         "inner_rounds": 1,
         "local_blocks": "",
         "residual_keep": 0.5,

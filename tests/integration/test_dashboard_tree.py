@@ -131,6 +131,7 @@ def test_the_tree_settings_of_parent_and_sub_federations(
     world = parent.get(f"{API}/federations/world").json()
     assert world["tree"] == {
         "parent": None,
+        "parent_dashboard_url": None,
         "inner_rounds": 1,
         "local_blocks": "top:1",
         "residual_keep": BETA,
@@ -142,6 +143,7 @@ def test_the_tree_settings_of_parent_and_sub_federations(
         host, _, port = t["parent"].rpartition(":")
         assert host == "127.0.0.1" and port.isdigit()
         assert (t["inner_rounds"], t["local_blocks"]) == (1, "")
+        assert t["parent_dashboard_url"] == dashboard_page("world")  # as the parent's JoinReply gave it
 
 
 def test_key_weights_of_a_round(tree: Tree, parent: TestClient, subs: dict[str, TestClient]) -> None:
@@ -294,14 +296,15 @@ def test_the_tree_operations_conform_to_their_schema(parent: TestClient) -> None
 
 
 def test_tree_settings_default_when_missing_or_malformed() -> None:
-    from dashboard_api.queries import TREE_DEFAULTS, tree
+    from dashboard_api.tree_config import TREE_DEFAULTS, tree
 
-    assert tree({}).model_dump() == TREE_DEFAULTS
+    shown = TREE_DEFAULTS | {"parent_dashboard_url": None}
+    assert tree({}).model_dump() == shown
     odd = {"parent": "", "inner_rounds": "many", "local_blocks": ["head"], "residual_keep": None}
-    assert tree(odd | {"attention_temperature": 3}).model_dump() == TREE_DEFAULTS | {
-        "attention_temperature": 3.0
-    }
-    assert tree({"parent": "10.0.0.1:50051", "inner_rounds": 4}).model_dump() == TREE_DEFAULTS | {
+    assert tree(odd | {"attention_temperature": 3}).model_dump() == shown | {"attention_temperature": 3.0}
+    page = "https://dash.world.example/"
+    assert tree({"parent": "10.0.0.1:50051", "inner_rounds": 4}, page).model_dump() == shown | {
         "parent": "10.0.0.1:50051",
         "inner_rounds": 4,
+        "parent_dashboard_url": page,
     }

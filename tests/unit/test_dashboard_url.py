@@ -58,3 +58,17 @@ def test_the_setting_is_checked_when_the_coordinator_loads() -> None:
     assert CoordinatorSettings.load(base).dashboard_url == ""
     with pytest.raises(SettingsError, match=r"dashboard_url: 'javascript:alert\(1\)': not an absolute"):
         CoordinatorSettings.load(base | {"dashboard_url": "javascript:alert(1)"})
+
+
+def test_a_sub_federation_keeps_its_parents_page_only_when_it_is_a_web_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from coordinator.subfederation import parent_page
+    from strata.proto.v1 import coordinator_pb2 as pb
+
+    page = "https://dash.world.example/?federation=world"
+    assert parent_page(pb.JoinReply(dashboard_url=page)) == page
+    assert parent_page(pb.JoinReply()) is None
+    with caplog.at_level("WARNING", logger="strata.coordinator"):
+        assert parent_page(pb.JoinReply(dashboard_url="javascript:alert(1)")) is None
+    assert "the parent's dashboard address is left out: 'javascript:alert(1)'" in caplog.text

@@ -31,7 +31,7 @@ class JoinRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_eval_samples: _Optional[int] = ..., device: _Optional[str] = ..., version: _Optional[str] = ..., members: _Optional[int] = ..., inner_rounds: _Optional[int] = ..., lora_rank: _Optional[int] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora", "initial_hash", "init_seed", "assets_hash")
+    __slots__ = ("worker_id", "federation", "task_kind", "num_labels", "labels", "max_seq_len", "lora", "initial_hash", "init_seed", "assets_hash", "dashboard_url")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
     TASK_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class JoinReply(_message.Message):
     INITIAL_HASH_FIELD_NUMBER: _ClassVar[int]
     INIT_SEED_FIELD_NUMBER: _ClassVar[int]
     ASSETS_HASH_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     federation: str
     task_kind: str
@@ -52,7 +53,8 @@ class JoinReply(_message.Message):
     initial_hash: str
     init_seed: int
     assets_hash: str
-    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ..., lora: _Optional[_Union[LoraAdapter, _Mapping]] = ..., initial_hash: _Optional[str] = ..., init_seed: _Optional[int] = ..., assets_hash: _Optional[str] = ...) -> None: ...
+    dashboard_url: str
+    def __init__(self, worker_id: _Optional[str] = ..., federation: _Optional[str] = ..., task_kind: _Optional[str] = ..., num_labels: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., max_seq_len: _Optional[int] = ..., lora: _Optional[_Union[LoraAdapter, _Mapping]] = ..., initial_hash: _Optional[str] = ..., init_seed: _Optional[int] = ..., assets_hash: _Optional[str] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
 
 class LoraAdapter(_message.Message):
     __slots__ = ("rank", "alpha", "dropout", "targets", "modules_to_save", "base_hash", "aggregation")
