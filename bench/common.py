@@ -69,11 +69,12 @@ def write_report(name: str, text: str, out: Path | None = None) -> Path:
 
 def save_json(path: Path, data: Any) -> None:
     """Write a study's stored runs atomically (a temporary file, then a rename): a benchmark killed while
-    saving keeps the previous file, so it resumes from its last finished run."""
+    saving keeps the previous file, so it resumes from its last finished run. Values JSON does not know
+    (paths) are written as strings."""
     import json
 
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1, default=str))
     tmp.replace(path)
 
 

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS, SHARED_DATA, machine
+from bench.common import RESULTS, SHARED_DATA, machine, save_json
 from bench.lora_report import render
 from bench.lora_runs import WORDS, eval_instruct, instruct_data, pretrain, probe_memory, run_fed, tiny_llama
 from bench.privacy import data_accuracy
@@ -379,20 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             data, model = sst2_data(args, root)
         if "sst2" in args.studies:
             result["sst2"] = study_sst2(args, data, model, root, bar)
-            save(result, args.out)
+            save_json(args.out / "lora.json", result)
         if "ranks" in args.studies:
             result["ranks"] = study_ranks(args, data, model, root, bar)
-            save(result, args.out)
+            save_json(args.out / "lora.json", result)
         if "instruct" in args.studies:
             result["instruct"] = study_instruct(args, root, bar)
     result["minutes"] = (time.monotonic() - started) / 60
-    save(result, args.out)
+    save_json(args.out / "lora.json", result)
     print(render(result, args.out))
     return 0
-
-
-def save(result: dict[str, Any], out: Path) -> None:
-    (out / "lora.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

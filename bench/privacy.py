@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS, SHARED_DATA, machine
+from bench.common import RESULTS, SHARED_DATA, machine, save_json
 from bench.privacy_accountant import ACCOUNTANT_S, study_accountant
 from bench.privacy_common import dp_values, failure, mechanism, median_norm, read_dp, read_norms
 from bench.privacy_report import render
@@ -343,20 +343,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tmp)
         if "accountant" in args.studies:
             result["accountant"] = study_accountant(args)
-            save(result, args.out)
+            save_json(args.out / "privacy.json", result)
         if "accuracy" in args.studies:
             result["accuracy"] = study_accuracy(args, root, bar)
-            save(result, args.out)
+            save_json(args.out / "privacy.json", result)
         if "worldlm" in args.studies:
             result["worldlm"] = study_worldlm(args, root, bar)
     result["minutes"] = (time.monotonic() - started) / 60
-    save(result, args.out)
+    save_json(args.out / "privacy.json", result)
     print(render(result, args.out))
     return 0
-
-
-def save(result: dict[str, Any], out: Path) -> None:
-    (out / "privacy.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

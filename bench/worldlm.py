@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS, machine
+from bench.common import RESULTS, machine, save_json
 from bench.worldlm_data import data_a, data_b, describe, gpt2_size, model_a, model_b
 from bench.worldlm_report import merge, render
 from bench.worldlm_run import Evaluator, Node, Run, run_tree
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         merged = merge([json.loads(p.read_text()) for p in args.from_json])
         if len(args.from_json) > 1:
-            save(merged, args.out)
+            save_json(args.out / "worldlm.json", merged)
         render(merged, args.out)
         return 0
     started = time.monotonic()
@@ -381,20 +381,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ma = model_a(args, da, root)
         if "A" in args.experiments:
             result["A"] = experiment_a(args, da, ma, root, bar)
-            save(result, args.out)
+            save_json(args.out / "worldlm.json", result)
         if "B" in args.experiments:
             result["B"] = experiment_b(args, root, bar)
-            save(result, args.out)
+            save_json(args.out / "worldlm.json", result)
         if "C" in args.experiments:
             result["C"] = experiment_c(args, da, ma, root, bar)
     result["minutes"] = (time.monotonic() - started) / 60
-    save(result, args.out)
+    save_json(args.out / "worldlm.json", result)
     print(render(result, args.out))
     return 0
-
-
-def save(result: dict[str, Any], out: Path) -> None:
-    (out / "worldlm.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":
