@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, machine, pyplot, write_report
+from bench.common import RESULTS, machine, pyplot, save_figure, write_report
 from bench.optimizers_data import Workload, make_split, reference_workload, smoke_workload
 from bench.optimizers_runs import workload_seed
 from strata import atomic, codec
@@ -227,9 +227,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
           title="bytes against final accuracy")  # fmt: skip
     a.legend(fontsize=7)
     b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -78,13 +78,13 @@ def save_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def save_figure(fig: Any, path: Path, axes: Any = ()) -> None:
-    """Grid and legend on `axes`, then a tight layout written at 110 dpi, and the figure closed."""
+def save_figure(fig: Any, path: Path, axes: Any = (), dpi: int = 110) -> None:
+    """Grid and legend on `axes`, then a tight layout written at `dpi`, and the figure closed."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

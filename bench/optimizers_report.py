@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.common import machine, pyplot
+from bench.common import machine, pyplot, save_figure
 from bench.optimizers_data import REFERENCE, Workload
 from bench.optimizers_plan import Outcome, final_accuracy, rounds_of
 from bench.optimizers_runs import DEFAULT_LRS, METHODS, Study, plural, server_lrs
@@ -351,7 +351,5 @@ def plot(out: Outcome, study: Study, path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{wl.clients} clients: server optimizers and FedProx vs centralised ({wl.name})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

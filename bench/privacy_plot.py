@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.common import pyplot
+from bench.common import pyplot, save_figure
 from bench.report_parts import ok, ppl
 
 
@@ -79,7 +79,5 @@ def plot(res: dict[str, Any], path: Path) -> bool:
             ax.legend(fontsize=6)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return True

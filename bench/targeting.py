@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench.common import RESULTS, SHARED_DATA, machine, minilm_dir, write_report
+from bench.common import RESULTS, SHARED_DATA, machine, minilm_dir, save_figure, write_report
 from strata import codec
 from strata.aggregate import FedAvgAccumulator
 from strata.codec import Codec
@@ -267,9 +267,7 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
