@@ -34,6 +34,24 @@ def floor(dataset: str) -> float:
     return 0.55 if dataset == "sst2" else 0.05
 
 
+LEARNS = 0.05  # a model learned the task when, with the fewest clients, it ends this far above floor()
+
+
+def albert_part(drop: tuple[float, float] | None, at: int | None, d: str, lo: int, hi: int) -> str:
+    """ALBERT's line in the verdict: its accuracy from the fewest to the most clients, and where it ends at
+    chance; or that it barely learns the task even with the fewest clients, so its scaling says little."""
+    if drop is None:
+        return ""
+    first, last = drop
+    text = f", ALBERT {first:.3f} → {last:.3f}"
+    if first < floor(d) + LEARNS:
+        return text + (
+            f" (it barely learns the task even with {lo} client{'s' if lo != 1 else ''}: within "
+            f"{100 * LEARNS:.0f} points of the chance line, so its {hi}-client result says little)"
+        )
+    return text + (f" (at chance from {at} clients)" if at else "")
+
+
 def stalls_at(stored: dict[str, Any], args: argparse.Namespace, d: str, m: str) -> int | None:
     """The fewest clients at which model m ends at chance on d (None: it never does)."""
     for n in sorted(args.clients):
@@ -74,8 +92,7 @@ def verdict(stored: dict[str, Any], args: argparse.Namespace) -> list[str]:
         lines.append(
             f"- {d}: {word}. From {lo} to {hi} clients the student goes {s1:.3f} → {sn:.3f} ({100 * -ds:+.1f} "
             f"points), MiniLM {m1:.3f} → {mn:.3f} ({100 * -dm:+.1f} points)"
-            + (f", ALBERT {drops['albert'][0]:.3f} → {drops['albert'][1]:.3f}" if "albert" in drops else "")
-            + (f" (at chance from {at['albert']} clients)" if at.get("albert") else "")
+            + albert_part(drops.get("albert"), at.get("albert"), d, lo, hi)
             + "."
         )
         for r in args.remedies:
