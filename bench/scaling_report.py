@@ -184,7 +184,7 @@ def plot(stored: dict[str, Any], args: argparse.Namespace, path: Any) -> bool:
     plt = pyplot()
     if plt is None:
         return False
-    fig, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(args.datasets), figsize=(5.5 * len(args.datasets), 5.2), squeeze=False)
     for ax, d in zip(axes[0], args.datasets, strict=True):
         for m in args.models:
             pts = [(n, late(rec["accuracy"])) for n in args.clients if (rec := get(stored, args, d, m, n))]
@@ -195,14 +195,14 @@ def plot(stored: dict[str, Any], args: argparse.Namespace, path: Any) -> bool:
                     if rec:
                         ax.scatter([args.remedy_clients], [late(rec["accuracy"])], marker=marker,
                                    color=line.get_color(), label=f"{m} + {r}")  # fmt: skip
-        ax.axhline(floor(d), ls=":", color="grey", lw=1, label="at chance below this (the verdict's line)")
+        ax.axhline(floor(d), ls=":", color="grey", lw=1, label="at chance below (the verdict's line)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("clients (same total steps per round)")
         ax.set_ylabel("test accuracy, last two rounds")
         ax.set_title(d)
         ax.grid(alpha=0.3)
         ax.legend(
-            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2
         )  # below: no curve hidden
     save_figure(fig, path)
     return True
