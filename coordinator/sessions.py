@@ -92,9 +92,8 @@ class Sessions:
                 num_eval_samples=0 if self.private else req.num_eval_samples,
                 members=req.members or None,  # a sub-federation (docs/methods.md section 5)
                 inner_rounds=req.inner_rounds or None,
-                lora_rank=req.lora_rank or None,
-                dashboard_url=req.dashboard_url
-                or None,  # a member federation's own dashboard page  # a LoRA worker training a lower rank than the federation's
+                lora_rank=req.lora_rank or None,  # a LoRA worker training a lower rank than the federation's
+                dashboard_url=req.dashboard_url or None,  # a member federation's own dashboard page
             )
         except PermissionError as exc:
             raise PermissionDenied(str(exc)) from None

@@ -61,11 +61,8 @@ function parentRounds(tree, page) {
   section.hidden = !(tree.parent || page.total);
   if (section.hidden) return;
   const inner = `${tree.inner_rounds} inner round${tree.inner_rounds === 1 ? "" : "s"} per parent round`;
-  let at = `<code>${escapeHtml(tree.parent || "?")}</code>`;
-  if (/^https?:\/\//i.test(tree.parent_dashboard_url || "")) {
-    at = `<a class="parent-link" href="${escapeHtml(tree.parent_dashboard_url)}" target="_blank" rel="noopener noreferrer" ` +
-      `title="the parent's dashboard: ${escapeHtml(tree.parent_dashboard_url)}">${at} ↗</a>`;
-  }
+  const address = `<code>${escapeHtml(tree.parent || "?")}</code>`;
+  const at = dashboardLink(tree.parent_dashboard_url, address, "parent-link", "the parent's dashboard") || address;
   document.getElementById("parent-line").innerHTML = `member of the federation at ${at} · ${inner} · served ${page.total} parent round${page.total === 1 ? "" : "s"}`;
   document.querySelector("#parent-rounds tbody").innerHTML = page.items.map((p) => `<tr>
     <td class="num">${p.parent_round}</td><td class="num">${p.parent_version}</td><td class="num">${p.start_version}</td>
@@ -81,6 +78,14 @@ async function keyWeights(enc) {
   return get(`/federations/${enc}/key-weights?limit=1000&offset=${m.total_rounds - 1000}`);
 }
 
+// `html` as a link to another federation's dashboard page in a new tab, marked ↗; "" unless `url` is an
+// http or https address (the coordinators check it too: it came from another organisation).
+function dashboardLink(url, html, cls, what) {
+  if (!/^https?:\/\//i.test(url || "")) return "";
+  const href = escapeHtml(url);
+  return `<a class="${cls}" href="${href}" target="_blank" rel="noopener noreferrer" title="${what}: ${href}">${html} ↗</a>`;
+}
+
 // A member's name and badges. A member federation links to its own page: here when this dashboard also
 // serves it, else on its own dashboard when it joined with that page's address (http or https only).
 function member(w, known) {
@@ -88,13 +93,10 @@ function member(w, known) {
   const rank = w.lora_rank ? ` <span class="badge">LoRA rank ${w.lora_rank}</span>` : "";
   if (w.kind !== "federation") return escapeHtml(w.name) + local + rank;
   const inner = `${w.inner_rounds} inner round${w.inner_rounds === 1 ? "" : "s"}`;
-  let name = escapeHtml(w.name);
-  if (known.includes(w.name)) {
-    name = `<a class="member-link" href="?federation=${encodeURIComponent(w.name)}">${name}</a>`;
-  } else if (/^https?:\/\//i.test(w.dashboard_url || "")) {
-    name = `<a class="member-link external" href="${escapeHtml(w.dashboard_url)}" target="_blank" ` +
-      `rel="noopener noreferrer" title="its own dashboard: ${escapeHtml(w.dashboard_url)}">${name} ↗</a>`;
-  }
+  const plain = escapeHtml(w.name);
+  const name = known.includes(w.name)
+    ? `<a class="member-link" href="?federation=${encodeURIComponent(w.name)}">${plain}</a>`
+    : dashboardLink(w.dashboard_url, plain, "member-link external", "its own dashboard") || plain;
   return `${name} <span class="badge">federation · ${w.members} worker${w.members === 1 ? "" : "s"} · ${inner}</span>`;
 }
 
